@@ -1,0 +1,30 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when missing and install
+# the project into it (the test extra for `make test`); re-install only when pyproject changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/splitc demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,244 @@
+"""Channel rules: how channels flow through each op kind (the op-rule registry).
+
+Every tensor in the traced graph carries a *label tensor* of the same shape (batch 1) whose
+entries are channel-element ids. A rule receives the labels of an op's inputs and returns the
+labels of its output, recording ties and weight layers on the builder as it goes:
+
+* a weight layer (conv, linear) creates fresh elements for its output channels;
+* an op that keeps channels returns its input labels;
+* reshape-like ops (view, cat, chunk, flatten, shuffle) are replayed on the labels themselves,
+  so concat offsets, flatten strides and shuffles come out exactly, with no special cases;
+* elementwise binary ops tie the elements that meet at each position (residual add, SE gate).
+
+Rules are pure functions of their :class:`RuleContext`, registered once per :class:`Kind` with
+``@channel_rule``; registering a kind twice raises. A node whose kind has no rule, or whose rule
+returns None, becomes an opaque barrier (see ``channel_graph``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from .opkinds import Kind
+
+if TYPE_CHECKING:
+    from .channel_graph import ChannelGraphBuilder
+
+RuleFn = Callable[["RuleContext"], Any]
+RULES: dict[Kind, RuleFn] = {}
+
+
+def channel_rule(kind: Kind) -> Callable[[RuleFn], RuleFn]:
+    """Register the rule for ``kind``; a second registration for the same kind is a bug."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        if kind in RULES:
+            raise ValueError(f"duplicate channel rule for {kind}: {RULES[kind].__name__} and {fn.__name__}")
+        RULES[kind] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class RuleContext:
+    """Everything a rule may read: the node, its module, real and label arguments, the output."""
+
+    node: fx.Node
+    module: nn.Module | None
+    args: tuple            # real argument values
+    kwargs: dict
+    label_args: tuple      # the same arguments with tensors replaced by their labels
+    label_kwargs: dict
+    out: Any               # the real output value
+    builder: "ChannelGraphBuilder"
+
+    def arg(self, index: int, name: str, default: Any = None, labels: bool = False) -> Any:
+        """Positional-or-keyword argument lookup (real value, or labels)."""
+        args, kwargs = (self.label_args, self.label_kwargs) if labels else (self.args, self.kwargs)
+        if len(args) > index:
+            return args[index]
+        return kwargs.get(name, default)
+
+
+def channel_elems(labels: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """The element of each index along ``dim``, or None when labels vary along other dims."""
+    moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
+    first = moved[0]
+    if moved.shape[0] > 1 and not bool((moved == first).all()):
+        return None
+    return first.clone()
+
+
+def broadcast_elems(elems: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    """Label tensor of ``shape`` whose entries along ``dim`` are ``elems`` (a cheap view)."""
+    view = [1] * len(shape)
+    view[dim] = elems.numel()
+    return elems.view(view).expand(shape)
+
+
+# ---------------------------------------------------------------- weight layers
+@channel_rule(Kind.CONV)
+def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
+    conv: nn.Conv2d = ctx.module  # type: ignore[assignment]
+    in_elems = channel_elems(ctx.label_args[0], 1)
+    if in_elems is None:
+        return None
+    out_elems = ctx.builder.fresh(conv.out_channels, ctx.node, "layer")
+    ctx.builder.add_weight_layer(ctx.node, "conv", conv, in_elems, out_elems, ctx.out)
+    return broadcast_elems(out_elems, ctx.out.shape, 1)
+
+
+@channel_rule(Kind.LINEAR)
+def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
+    linear: nn.Linear = ctx.module  # type: ignore[assignment]
+    in_elems = channel_elems(ctx.label_args[0], -1)
+    if in_elems is None:
+        return None
+    out_elems = ctx.builder.fresh(linear.out_features, ctx.node, "layer")
+    ctx.builder.add_weight_layer(ctx.node, "linear", linear, in_elems, out_elems, ctx.out)
+    return broadcast_elems(out_elems, ctx.out.shape, ctx.out.dim() - 1)
+
+
+# ---------------------------------------------------------------- per-channel ops
+@channel_rule(Kind.BATCH_NORM)
+def batch_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
+    labels = ctx.label_args[0]
+    elems = channel_elems(labels, 1)
+    if elems is None:
+        return None
+    names = ("weight", "bias", "running_mean", "running_var")
+    ctx.builder.add_channel_op(ctx.node, elems, [n for n in names if getattr(ctx.module, n) is not None], ctx.out)
+    return labels
+
+
+@channel_rule(Kind.LAYER_NORM)
+def layer_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
+    """Per-channel affine after statistics over *all* normalised channels: keeps the labels,
+    but the normalised elements can only be computed where every channel is present."""
+    labels = ctx.label_args[0]
+    shape = ctx.arg(1, "normalized_shape") if ctx.module is None else ctx.module.normalized_shape
+    norm_dims = len(tuple(shape))
+    rows = labels.reshape(-1, *labels.shape[labels.dim() - norm_dims:])
+    if not bool((rows == rows[0]).all()):
+        return None
+    elems = rows[0]
+    ctx.builder.flag(elems, "shared_only", f"normalised together by {ctx.node.name}")
+    if ctx.module is not None:
+        params = [n for n in ("weight", "bias") if getattr(ctx.module, n) is not None]
+        ctx.builder.add_channel_op(ctx.node, elems.flatten(), params, ctx.out)
+    else:  # functional form: the affine parameters arrive as labelled get_attr tensors
+        for index, name in ((2, "weight"), (3, "bias")):
+            param = ctx.arg(index, name, labels=True)
+            if isinstance(param, torch.Tensor):
+                ctx.builder.tie(param, elems)
+        ctx.builder.add_channel_op(ctx.node, elems.flatten(), [], ctx.out)
+    return labels
+
+
+@channel_rule(Kind.ELEMENTWISE)
+def elementwise_rule(ctx: RuleContext) -> torch.Tensor:
+    return ctx.label_args[0]
+
+
+@channel_rule(Kind.POOL)
+def pool_rule(ctx: RuleContext) -> torch.Tensor | None:
+    elems = channel_elems(ctx.label_args[0], 1)
+    if elems is None or not isinstance(ctx.out, torch.Tensor):
+        return None
+    return broadcast_elems(elems, ctx.out.shape, 1)
+
+
+# ---------------------------------------------------------------- ties
+@channel_rule(Kind.BINARY)
+def binary_rule(ctx: RuleContext) -> torch.Tensor:
+    """Elementwise binary op: operands that meet position by position are the same channels.
+
+    An operand broadcast across *varying* channels of the other (a per-sample scalar, a
+    one-channel spatial map) ties nothing: it must be available whole to every group, so its
+    elements are flagged shared_only instead.
+    """
+    tensors = [a for a in ctx.label_args[:2] if isinstance(a, torch.Tensor)]
+    if len(tensors) < 2:
+        return tensors[0]
+    if any(t.numel() == 1 for t in tensors):  # a scalar tensor is channel-agnostic
+        return tensors[0] if tensors[1].numel() == 1 else tensors[1]
+    a, b = (t.expand(ctx.out.shape) for t in tensors)
+    spread = [_spreads_over_varying(tensors[0], b), _spreads_over_varying(tensors[1], a)]
+    for operand, spreads in zip(tensors, spread):
+        if spreads:
+            ctx.builder.flag(operand.unique(), "shared_only", f"broadcast across channels by {ctx.node.name}")
+    if all(spread):
+        return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=torch.cat([a.flatten(), b.flatten()]))
+    if any(spread):
+        return b if spread[0] else a
+    ctx.builder.tie(a, b)
+    return a
+
+
+def _spreads_over_varying(operand: torch.Tensor, other_full: torch.Tensor) -> bool:
+    """True when ``operand`` is broadcast along a dim on which ``other_full`` is not constant."""
+    lead = other_full.dim() - operand.dim()
+    for dim in range(other_full.dim()):
+        size = operand.shape[dim - lead] if dim >= lead else 1
+        if size == 1 and other_full.shape[dim] > 1:
+            first = other_full.narrow(dim, 0, 1)
+            if not bool((other_full == first).all()):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- replayed on labels
+@channel_rule(Kind.RESHAPE)
+def reshape_rule(ctx: RuleContext) -> Any:
+    """Run the op itself on the label tensors: exact for any view/cat/chunk/flatten/shuffle."""
+    args = tuple(_contiguous(a) for a in ctx.label_args)
+    kwargs = {k: _contiguous(v) for k, v in ctx.label_kwargs.items()}
+    node = ctx.node
+    if node.op == "call_module":
+        result = ctx.module(*args, **kwargs)
+    elif node.op == "call_method":
+        result = getattr(args[0], node.target)(*args[1:], **kwargs)
+    else:
+        result = node.target(*args, **kwargs)
+    return result if _same_structure(result, ctx.out) else None
+
+
+def _contiguous(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.contiguous()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_contiguous(v) for v in value)
+    return value
+
+
+def _same_structure(labels: Any, real: Any) -> bool:
+    if isinstance(real, torch.Tensor):
+        return isinstance(labels, torch.Tensor) and labels.shape == real.shape
+    if isinstance(real, (list, tuple)):
+        return isinstance(labels, (list, tuple)) and len(labels) == len(real) and all(
+            _same_structure(lab, r) for lab, r in zip(labels, real))
+    return True
+
+
+@channel_rule(Kind.REDUCE)
+def reduce_rule(ctx: RuleContext) -> torch.Tensor | None:
+    """A reduction keeps channels when it only runs over positions of one channel (spatial
+    mean); across channels it mixes them: the inputs become shared_only, the output is new."""
+    labels = ctx.label_args[0]
+    dims = ctx.arg(1, "dim")
+    keepdim = bool(ctx.arg(2, "keepdim", False))
+    if dims is None or not isinstance(ctx.out, torch.Tensor):
+        dims = tuple(range(1, labels.dim()))
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    low = labels.amin(dim=dims, keepdim=keepdim)
+    if bool((low == labels.amax(dim=dims, keepdim=keepdim)).all()):
+        return low
+    ctx.builder.flag(labels.unique(), "shared_only", f"reduced across channels by {ctx.node.name}")
+    return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=labels)

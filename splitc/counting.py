@@ -1,0 +1,179 @@
+"""The one counting function: parameters and FLOPs of a model, unsplit or split.
+
+FLOPs follow the paper: 2 x multiply-accumulates for conv and linear layers, plus one FLOP per
+output for a bias and two per element for a normalisation layer's affine (BN, LN). Parameters
+are the model's ``nn.Parameter`` entries; a parameter splitc cannot attribute to channels is
+counted whole on both sides.
+
+A split is described by a :class:`HardAssignment` (the group of every node of every space in
+scope). Every tensor computed inside the branches holds, in branch g, the channels of g (and of
+g's ancestors) plus any shared trunk channels it reads; trunk channels read inside branches are
+replicated, which is exactly what the partition pass builds. The same function therefore counts
+the baseline, the balanced estimate and any learned split, and the tests compare it with the
+split model's real tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .channel_graph import ChannelIR
+from .scope import Scope, layer_kind
+
+
+@dataclass(frozen=True)
+class HardAssignment:
+    """Group id of every node, per space in scope (groups of that space's level)."""
+
+    groups_of_space: dict[int, np.ndarray]
+
+    def group_sizes(self, ir: ChannelIR, scope: Scope) -> dict[int, list[int]]:
+        """Channels per group for each space (node sizes summed)."""
+        return {s: np.bincount(g, weights=ir.spaces[s].node_sizes, minlength=scope.groups_of(s))
+                .astype(int).tolist() for s, g in self.groups_of_space.items()}
+
+
+def balanced_assignment(ir: ChannelIR, scope: Scope, rng: np.random.Generator | None = None) -> HardAssignment:
+    """Contiguous, channel-balanced groups; node order shuffled first when ``rng`` is given
+    (the SplitNet-Random baseline)."""
+    result = {}
+    for space, level in scope.level_of.items():
+        sizes = ir.spaces[space].node_sizes
+        order = rng.permutation(len(sizes)) if rng is not None else np.arange(len(sizes))
+        before = np.cumsum(sizes[order]) - sizes[order]
+        groups = np.empty(len(sizes), dtype=np.int64)
+        groups[order] = np.minimum((2 * before + sizes[order]) * scope.groups[level] // (2 * sizes.sum()),
+                                   scope.groups[level] - 1)
+        result[space] = groups
+    return HardAssignment(result)
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    flops: int
+
+    def reduced_pct(self, baseline: "Cost") -> tuple[float, float]:
+        return (100.0 * (1 - self.params / baseline.params),
+                100.0 * (1 - self.flops / baseline.flops) if baseline.flops else 0.0)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    kind: str
+    baseline: Cost
+    split: Cost
+
+
+@dataclass(frozen=True)
+class CostReport:
+    baseline: Cost
+    split: Cost
+    layers: tuple[LayerCost, ...] = field(default=())
+
+    @property
+    def params_reduced_pct(self) -> float:
+        return self.split.reduced_pct(self.baseline)[0]
+
+    @property
+    def flops_reduced_pct(self) -> float:
+        return self.split.reduced_pct(self.baseline)[1]
+
+
+class _Placement:
+    """Per element: the level and group it lives in (-1 = trunk)."""
+
+    def __init__(self, ir: ChannelIR, scope: Scope | None, assignment: HardAssignment | None) -> None:
+        n = len(ir.space_of)
+        self.level = np.full(n, -1, dtype=np.int64)
+        self.group = np.full(n, -1, dtype=np.int64)
+        self.in_branch = np.zeros(n, dtype=bool)
+        self.groups = scope.groups if scope else ()
+        if scope is None or assignment is None:
+            return
+        for space, groups in assignment.groups_of_space.items():
+            elems = np.flatnonzero(ir.space_of == space)
+            self.level[elems] = scope.level_of[space]
+            self.group[elems] = groups[ir.node_index[elems]]
+            self.in_branch[elems] = scope.in_branches(space)
+
+    def copies(self, elems: np.ndarray, force: bool = False) -> tuple[int, np.ndarray]:
+        """(level L the op runs at, per-group count of the elements each group of L holds)."""
+        levels = self.level[elems]
+        if not self.in_branch[elems].any() and not force:
+            return -1, np.array([len(elems)])
+        top = int(levels.max())
+        per_group = np.zeros(self.groups[top], dtype=np.int64)
+        trunk = int((levels < 0).sum())
+        for level in np.unique(levels[levels >= 0]).tolist():
+            ratio = self.groups[top] // self.groups[level]
+            counts = np.bincount(self.group[elems][levels == level], minlength=self.groups[level])
+            per_group += np.repeat(counts, ratio)  # a level-l group feeds its `ratio` descendants
+        return top, per_group + trunk
+
+    def out_counts(self, elems: np.ndarray, level: int) -> np.ndarray:
+        return np.bincount(self.group[elems], minlength=self.groups[level])
+
+
+def count(ir: ChannelIR, scope: Scope | None = None, assignment: HardAssignment | None = None) -> CostReport:
+    """Params and FLOPs of the unsplit model and of the split given by ``assignment``
+    (balanced when None and a scope is given)."""
+    if scope is not None and assignment is None:
+        assignment = balanced_assignment(ir, scope)
+    place = _Placement(ir, scope, assignment)
+    all_params = {name: p.numel() for name, p in ir.gm.named_parameters()}
+    layer_costs, seen = [], set()
+    for layer in ir.layers:
+        layer_costs.append(_layer_cost(ir, scope, place, layer, first_use=layer.name not in seen, params=all_params))
+        seen.add(layer.name)
+    for op in ir.channel_ops:
+        layer_costs.append(_channel_op_cost(place, op, first_use=op.name not in seen, params=all_params))
+        seen.add(op.name)
+    attributed = {p for lc in ir.layers for p in (f"{lc.name}.weight", f"{lc.name}.bias")}
+    attributed |= {p for op in ir.channel_ops for p in op.params}
+    rest = sum(n for name, n in all_params.items() if name not in attributed)
+    base = Cost(rest + sum(c.baseline.params for c in layer_costs), sum(c.baseline.flops for c in layer_costs))
+    split = Cost(rest + sum(c.split.params for c in layer_costs), sum(c.split.flops for c in layer_costs))
+    return CostReport(base, split, tuple(layer_costs))
+
+
+def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool, params: dict) -> LayerCost:
+    n_in, n_out, k = len(layer.in_elems), len(layer.out_elems), layer.conv_groups
+    base_w = n_out * (n_in // k) * layer.taps
+    bias = n_out if layer.has_bias else 0
+    out_level = int(place.level[layer.out_elems].max())
+    if not place.in_branch[layer.out_elems].any():
+        split_w = base_w
+    else:
+        split_w = 0
+        for ins, outs in zip(np.split(layer.in_elems, k), np.split(layer.out_elems, k)):
+            _, in_per_group = place.copies(ins, force=True)
+            in_per_group = _to_level(in_per_group, out_level, place)
+            split_w += int((place.out_counts(outs, out_level) * in_per_group).sum()) * layer.taps
+    kind = layer_kind(ir, scope, layer) if scope is not None else "trunk"
+    flops = lambda w: 2 * w * layer.positions + bias * layer.positions  # noqa: E731
+    p = lambda w: (w + bias) if first_use else 0  # noqa: E731
+    return LayerCost(layer.name, kind, Cost(p(base_w), flops(base_w)), Cost(p(split_w), flops(split_w)))
+
+
+def _to_level(per_group: np.ndarray, level: int, place: _Placement) -> np.ndarray:
+    """Broadcast per-group input counts (at the input's level) to the output's level."""
+    target = place.groups[level]
+    if len(per_group) == target:
+        return per_group
+    if len(per_group) == 1:  # all trunk
+        return np.repeat(per_group, target)
+    return np.repeat(per_group // 1, target // len(per_group)) if target > len(per_group) else per_group
+
+
+def _channel_op_cost(place: _Placement, op, first_use: bool, params: dict) -> LayerCost:
+    learnable = [p for p in op.params if p in params]
+    level, per_group = place.copies(op.elems)
+    base_ch, split_ch = len(op.elems), int(per_group.sum())
+    kind = "trunk" if level < 0 else "per-channel"
+    per_channel = len(learnable) if first_use else 0
+    return LayerCost(op.name, kind, Cost(per_channel * base_ch, 2 * base_ch * op.positions),
+                     Cost(per_channel * split_ch, 2 * split_ch * op.positions))

@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+A :class:`SplitcError` is a mistake in the user's input (unknown model, bad scope, corrupt file).
+The CLI prints its message as one line and exits with code 2, without a traceback. Anything else
+that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SplitcError(Exception):
+    """A user error: one line that names the problem and the fix."""
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """Candidates that look like ``word``, best first (for 'did you mean' hints)."""
+    pool = list(candidates)
+    hits = difflib.get_close_matches(word, pool, n=n, cutoff=0.5)
+    if len(hits) < n:
+        hits += [c for c in pool if word.lower() in c.lower() and c not in hits][: n - len(hits)]
+    return hits
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    hits = close_matches(word, candidates)
+    return f" Did you mean: {', '.join(hits)}?" if hits else ""
