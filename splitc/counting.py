@@ -100,19 +100,25 @@ class _Placement:
             self.group[elems] = groups[ir.node_index[elems]]
             self.in_branch[elems] = scope.in_branches(space)
 
-    def copies(self, elems: np.ndarray, force: bool = False) -> tuple[int, np.ndarray]:
-        """(level L the op runs at, per-group count of the elements each group of L holds)."""
+    def held(self, elems: np.ndarray, level: int) -> np.ndarray:
+        """How many of ``elems`` each group of ``level`` holds: shared trunk elements are held
+        by every group, assigned ones by the group on their path of the tree."""
+        target = self.groups[level]
         levels = self.level[elems]
-        if not self.in_branch[elems].any() and not force:
-            return -1, np.array([len(elems)])
-        top = int(levels.max())
-        per_group = np.zeros(self.groups[top], dtype=np.int64)
-        trunk = int((levels < 0).sum())
-        for level in np.unique(levels[levels >= 0]).tolist():
-            ratio = self.groups[top] // self.groups[level]
-            counts = np.bincount(self.group[elems][levels == level], minlength=self.groups[level])
-            per_group += np.repeat(counts, ratio)  # a level-l group feeds its `ratio` descendants
-        return top, per_group + trunk
+        per_group = np.full(target, int((levels < 0).sum()), dtype=np.int64)
+        for lev in np.unique(levels[levels >= 0]).tolist():
+            counts = np.bincount(self.group[elems][levels == lev], minlength=self.groups[lev])
+            if self.groups[lev] <= target:  # coarser: feeds each of its descendants
+                per_group += np.repeat(counts, target // self.groups[lev])
+            else:                            # finer: folds into its ancestor
+                per_group += counts.reshape(target, -1).sum(axis=1)
+        return per_group
+
+    def runs_at(self, elems: np.ndarray) -> int:
+        """The level an op on these elements runs at inside the branches, or -1 (trunk)."""
+        if not self.in_branch[elems].any():
+            return -1
+        return int(self.level[elems].max())
 
     def out_counts(self, elems: np.ndarray, level: int) -> np.ndarray:
         return np.bincount(self.group[elems], minlength=self.groups[level])
@@ -144,35 +150,25 @@ def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool, params: di
     n_in, n_out, k = len(layer.in_elems), len(layer.out_elems), layer.conv_groups
     base_w = n_out * (n_in // k) * layer.taps
     bias = n_out if layer.has_bias else 0
-    out_level = int(place.level[layer.out_elems].max())
-    if not place.in_branch[layer.out_elems].any():
+    out_level = place.runs_at(layer.out_elems)
+    if out_level < 0:
         split_w = base_w
     else:
         split_w = 0
         for ins, outs in zip(np.split(layer.in_elems, k), np.split(layer.out_elems, k)):
-            _, in_per_group = place.copies(ins, force=True)
-            in_per_group = _to_level(in_per_group, out_level, place)
-            split_w += int((place.out_counts(outs, out_level) * in_per_group).sum()) * layer.taps
+            held = place.held(ins, out_level)
+            split_w += int((place.out_counts(outs, out_level) * held).sum()) * layer.taps
     kind = layer_kind(ir, scope, layer) if scope is not None else "trunk"
     flops = lambda w: 2 * w * layer.positions + bias * layer.positions  # noqa: E731
     p = lambda w: (w + bias) if first_use else 0  # noqa: E731
     return LayerCost(layer.name, kind, Cost(p(base_w), flops(base_w)), Cost(p(split_w), flops(split_w)))
 
 
-def _to_level(per_group: np.ndarray, level: int, place: _Placement) -> np.ndarray:
-    """Broadcast per-group input counts (at the input's level) to the output's level."""
-    target = place.groups[level]
-    if len(per_group) == target:
-        return per_group
-    if len(per_group) == 1:  # all trunk
-        return np.repeat(per_group, target)
-    return np.repeat(per_group // 1, target // len(per_group)) if target > len(per_group) else per_group
-
-
 def _channel_op_cost(place: _Placement, op, first_use: bool, params: dict) -> LayerCost:
     learnable = [p for p in op.params if p in params]
-    level, per_group = place.copies(op.elems)
-    base_ch, split_ch = len(op.elems), int(per_group.sum())
+    level = place.runs_at(op.elems)
+    base_ch = len(op.elems)
+    split_ch = int(place.held(op.elems, level).sum()) if level >= 0 else base_ch
     kind = "trunk" if level < 0 else "per-channel"
     per_channel = len(learnable) if first_use else 0
     return LayerCost(op.name, kind, Cost(per_channel * base_ch, 2 * base_ch * op.positions),

@@ -260,6 +260,11 @@ def _unpickle(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     except _PICKLE_ERRORS as err:
         raise DataError(f"cifar100 file {path} is corrupt ({type(err).__name__}); "
                         "re-extract cifar-100-python.tar.gz") from err
+    if isinstance(entry, dict) and any(isinstance(k, bytes) for k in entry):
+        # Official files are Python 2 pickles whose str keys load as str with latin1;
+        # bytes keys mean a Python 3 re-pickle, which torchvision's reader cannot index.
+        raise DataError(f"cifar100 file {path} has bytes keys (re-pickled by Python 3); "
+                        "use the original files from cifar-100-python.tar.gz")
     missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
     if missing:
         raise DataError(f"cifar100 file {path} lacks {', '.join(missing)}; "
