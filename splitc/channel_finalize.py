@@ -130,12 +130,16 @@ def _space_graph(builder: ChannelGraphBuilder, spaces: list[Space], space_of: np
 
 
 def _cells(builder: ChannelGraphBuilder, node_of: np.ndarray) -> np.ndarray:
-    """Nodes covered by exactly the same set of sources form a cell; permutations stay inside
-    cells so that every source can be reordered consistently with all its ties."""
+    """Nodes covered by exactly the same sources and read by exactly the same parameter uses
+    form a cell. Permutations stay inside cells, so every source is reordered consistently with
+    its ties, and a chunk or slice keeps the same channels on each side."""
     covering: dict[int, list[int]] = defaultdict(list)
     for src in builder.sources:
         for g in np.unique(node_of[src.elems]).tolist():
             covering[g].append(src.index)
+    for use_id, use in enumerate(builder.param_uses):
+        for g in np.unique(node_of[use.labels.ravel()]).tolist():
+            covering[g].append(-1 - use_id)
     signature_id: dict[tuple[int, ...], int] = {}
     cells = np.zeros(int(node_of.max()) + 1 if len(node_of) else 0, dtype=np.int64)
     for g, srcs in covering.items():

@@ -352,7 +352,8 @@ def _read_hierarchy(path: Path, classes: Sequence[str]) -> tuple[tuple[int, ...]
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path} is not readable JSON ({err}); write {{\"class\": \"superclass\"}}") from err
+        raise DataError(f"{path} is not readable JSON ({err}); "
+                        'write {"class": "superclass", ...}') from err
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise DataError(f"{path} must be a JSON object mapping class name to superclass name")
     missing = sorted(set(classes) - set(table))

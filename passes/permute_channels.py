@@ -1,0 +1,155 @@
+"""Pass: permute channels, space by space, through the channel graph's own mapping.
+
+Contract
+  before: a GraphModule and its ChannelIR; an order (rank per node) for some spaces.
+  after:  a new GraphModule whose parameters and buffers are reordered so that, in every
+          permuted space, each source's channels follow the given node order. The function is
+          unchanged, except that the logits come out in the new class order
+          (:func:`output_order` gives it), which the merge undoes.
+  changes: parameter values only; the graph is untouched.
+
+Channels are reordered per source (a weight layer's output, a parameter used as a tensor),
+within cells (nodes covered by the same sources), by node rank, stably. Every other place that
+holds a copy of those channels (the next layer's input dim, a BN's vectors, the features a
+flatten spreads over, the slots of a concat, a shuffle) follows by matching element ids, so no
+op-specific code is needed here: the labels already encode concat offsets, flatten strides and
+shuffles. The same pass makes groups contiguous for the split (ranks = group ids).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from splitc.channel_graph import ChannelIR, ParamUse
+
+
+@dataclass(frozen=True)
+class ChannelPermutation:
+    """``sigma[e]``: the element whose old value now sits where element ``e`` sat."""
+
+    sigma: np.ndarray
+
+    @property
+    def is_identity(self) -> bool:
+        return bool((self.sigma == np.arange(len(self.sigma))).all())
+
+
+def permutation_from_ranks(ir: ChannelIR, ranks: dict[int, np.ndarray]) -> ChannelPermutation:
+    """Reorder each source of the given spaces by (rank of its node, original position)."""
+    sigma = np.arange(len(ir.space_of))
+    for src in ir.sources:
+        elems = src.elems
+        space = int(ir.space_of[elems[0]])
+        if space not in ranks:
+            continue
+        rank = np.asarray(ranks[space])[ir.node_index[elems]]
+        cells = ir.node_cells[ir.node_of[elems]]
+        for cell in np.unique(cells):
+            slots = np.flatnonzero(cells == cell)
+            order = slots[np.lexsort((slots, rank[slots]))]
+            sigma[elems[slots]] = elems[order]
+    return ChannelPermutation(sigma)
+
+
+def random_ranks(ir: ChannelIR, spaces, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """A random node order for each of ``spaces``."""
+    return {s: rng.permutation(ir.spaces[s].num_nodes) for s in spaces}
+
+
+def source_index(labels: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """For each position p, the old position holding sigma(labels[p]) at the same occurrence."""
+    flat = labels.ravel()
+    by_label = np.argsort(flat, kind="stable")
+    sorted_labels = flat[by_label]
+    first = np.searchsorted(sorted_labels, flat, side="left")
+    occurrence = np.empty_like(flat)
+    occurrence[by_label] = np.arange(len(flat)) - np.searchsorted(sorted_labels, sorted_labels, side="left")
+    del first
+    target = sigma[flat]
+    start = np.searchsorted(sorted_labels, target, side="left")
+    found = start + occurrence
+    if (found >= len(flat)).any() or (sorted_labels[np.minimum(found, len(flat) - 1)] != target).any():
+        raise ValueError("a permuted element has no matching slot: the channel mapping is inconsistent")
+    return by_label[found]
+
+
+def permute_channels(gm: fx.GraphModule, ir: ChannelIR, perm: ChannelPermutation) -> fx.GraphModule:
+    """Entry point: a copy of ``gm`` with every parameter and buffer permuted by ``perm``."""
+    new = copy.deepcopy(gm)
+    state = new.state_dict()
+    state.update(permuted_tensors(ir, state, perm))
+    new.load_state_dict(state)
+    return new
+
+
+def permuted_tensors(ir: ChannelIR, state: dict[str, torch.Tensor], perm: ChannelPermutation
+                     ) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that ``perm`` changes, permuted."""
+    uses: dict[str, dict] = defaultdict(dict)
+    for use in ir.param_uses:
+        uses[use.param].setdefault(use.dim, use)
+    out = {}
+    for name, by_dim in uses.items():
+        if name not in state or not _touched(by_dim.values(), perm):
+            continue
+        out[name] = _permute_tensor(state[name], by_dim, perm)
+    return out
+
+
+def _touched(uses, perm: ChannelPermutation) -> bool:
+    return any((perm.sigma[u.labels.ravel()] != u.labels.ravel()).any() for u in uses)
+
+
+def _permute_tensor(t: torch.Tensor, by_dim: dict, perm: ChannelPermutation) -> torch.Tensor:
+    if None in by_dim:  # a parameter used as a tensor: every entry is labelled
+        idx = torch.as_tensor(source_index(by_dim[None].labels, perm.sigma))
+        return t.reshape(-1)[idx].reshape(t.shape).clone()
+    grouped = by_dim.get(1)
+    if grouped is not None and grouped.conv_groups > 1:
+        return _permute_grouped(t, by_dim, perm)
+    for dim, use in sorted(by_dim.items()):
+        t = t.index_select(dim, torch.as_tensor(source_index(use.labels, perm.sigma)))
+    return t.clone()
+
+
+def _permute_grouped(w: torch.Tensor, by_dim: dict, perm: ChannelPermutation) -> torch.Tensor:
+    """Grouped conv weight: permute in the dense (out, in) layout, then compress back."""
+    k = by_dim[1].conv_groups
+    out_ch, in_per = w.shape[0], w.shape[1]
+    dense = torch.zeros(out_ch, in_per * k, *w.shape[2:], dtype=w.dtype)
+    ob = out_ch // k
+    for b in range(k):
+        dense[b * ob:(b + 1) * ob, b * in_per:(b + 1) * in_per] = w[b * ob:(b + 1) * ob]
+    dense = dense.index_select(1, torch.as_tensor(source_index(by_dim[1].labels, perm.sigma)))
+    if 0 in by_dim:
+        dense = dense.index_select(0, torch.as_tensor(source_index(by_dim[0].labels, perm.sigma)))
+    return compress_grouped(dense, k)
+
+
+def compress_grouped(dense: torch.Tensor, k: int) -> torch.Tensor:
+    """Back from the dense block-diagonal layout; off-block weights must be exactly zero."""
+    out_ch, in_ch = dense.shape[:2]
+    ob, ib = out_ch // k, in_ch // k
+    blocks = [dense[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib].clone() for b in range(k)]
+    rest = dense.clone()
+    for b in range(k):
+        rest[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib] = 0
+    if bool(rest.any()):
+        raise ValueError("grouped conv permutation moved weights across conv groups")
+    return torch.cat(blocks, dim=0)
+
+
+def output_order(ir: ChannelIR, perm: ChannelPermutation) -> np.ndarray:
+    """New logit position p holds old logit ``order[p]``."""
+    return source_index(ir.output_elems, perm.sigma)
+
+
+def permutable_spaces(ir: ChannelIR) -> list[int]:
+    """Spaces whose channels may be reordered (not opaque, not the fixed input)."""
+    return [s.id for s in ir.spaces if "opaque" not in s.flags]
