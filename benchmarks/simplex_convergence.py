@@ -20,7 +20,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from splitc.simplex import ReducedGradient, project_to_simplex, uniform_init
+from splitc.simplex import (
+    ReducedGradient,
+    SimplexAssignment,
+    SoftmaxAssignment,
+    project_to_simplex,
+    uniform_init,
+)
 
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 Objective = Callable[[Tensor], Tensor]
@@ -47,15 +53,15 @@ def run(
     method: str, objective: Objective, optimum: Tensor, lr: float, steps: int, tol: float, stop_at_tol: bool
 ) -> tuple[int | None, float]:
     """Optimise from a fixed start; return (first step with error < tol or None, last error)."""
-    d0 = uniform_init(*optimum.shape, noise=0.01, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    d0 = uniform_init(*optimum.shape, noise=0.01, generator=gen, dtype=torch.float64)
+    current: torch.nn.Module
     if method == "reduced":
-        param = torch.nn.Parameter(d0.clone())
-        opt: torch.optim.Optimizer = ReducedGradient([param], lr=lr)
-        current = lambda: param  # noqa: E731
+        current = SimplexAssignment(*d0.shape, init=d0)
+        opt: torch.optim.Optimizer = ReducedGradient(current.parameters(), lr=lr)
     else:
-        param = torch.nn.Parameter(d0.clamp_min(1e-12).log())
-        opt = torch.optim.SGD([param], lr=lr)
-        current = lambda: torch.softmax(param, dim=0)  # noqa: E731
+        current = SoftmaxAssignment.from_probs(d0)
+        opt = torch.optim.SGD(current.parameters(), lr=lr)
     reached = None
     for step in range(1, steps + 1):
         opt.zero_grad()
@@ -69,7 +75,9 @@ def run(
     return reached, err
 
 
-def best_lr(method: str, objective: Objective, optimum: Tensor, steps: int, tol: float) -> tuple[float, int | None, float]:
+def best_lr(
+    method: str, objective: Objective, optimum: Tensor, steps: int, tol: float
+) -> tuple[float, int | None, float]:
     """Sweep ``LR_GRID`` (best = fewest steps to tolerance, then smallest error), then rerun the
     best lr for the whole budget; return (lr, steps to tolerance or None, final error)."""
     results = []
@@ -97,8 +105,9 @@ def main() -> None:
         objective, optimum = make_problem(kind, args.groups, args.nodes, seed=1)
         rows = {m: best_lr(m, objective, optimum, args.steps, args.tol) for m in ("reduced", "softmax")}
         for m, (lr, reached, err) in rows.items():
-            print(f"{kind:<9} {m:<8} {lr:>8g} {reached if reached else '>' + str(args.steps):>7} {err:>10.2e}", end="")
-            print("" if m == "reduced" else f" {_ratio(rows['softmax'][1], rows['reduced'][1], args.steps):>30}")
+            shown = reached if reached else f">{args.steps}"
+            ratio = "" if m == "reduced" else _ratio(rows["softmax"][1], rows["reduced"][1], args.steps)
+            print(f"{kind:<9} {m:<8} {lr:>8g} {shown:>7} {err:>10.2e} {ratio:>30}".rstrip())
 
 
 def _ratio(softmax_steps: int | None, reduced_steps: int | None, steps: int) -> str:

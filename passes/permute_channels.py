@@ -41,20 +41,54 @@ class ChannelPermutation:
 
 
 def permutation_from_ranks(ir: ChannelIR, ranks: dict[int, np.ndarray]) -> ChannelPermutation:
-    """Reorder each source of the given spaces by (rank of its node, original position)."""
+    """Move node contents so that, in each space's first source, nodes follow ``ranks``.
+
+    The permutation is a bijection rho on *nodes* inside each cell: node n takes over the
+    content of node rho(n). Each source then reorders its slots accordingly (the k-th slot of
+    n takes the k-th slot of rho(n)), so every tie between sources stays consistent however
+    differently they order their channels (a shuffle, a concat).
+    """
+    rho = np.arange(len(ir.node_cells))
+    for space, space_ranks in ranks.items():
+        _node_bijection(ir, space, np.asarray(space_ranks), rho)
     sigma = np.arange(len(ir.space_of))
     for src in ir.sources:
         elems = src.elems
-        space = int(ir.space_of[elems[0]])
-        if space not in ranks:
-            continue
-        rank = np.asarray(ranks[space])[ir.node_index[elems]]
-        cells = ir.node_cells[ir.node_of[elems]]
-        for cell in np.unique(cells):
-            slots = np.flatnonzero(cells == cell)
-            order = slots[np.lexsort((slots, rank[slots]))]
-            sigma[elems[slots]] = elems[order]
+        if int(ir.space_of[elems[0]]) in ranks:
+            sigma[elems] = _follow_nodes(ir.node_of[elems], rho, elems)
     return ChannelPermutation(sigma)
+
+
+def _node_bijection(ir: ChannelIR, space: int, ranks: np.ndarray, rho: np.ndarray) -> None:
+    """Per cell: the nodes in the order the space's first source lists them take the contents
+    of the same nodes sorted (stably) by rank."""
+    info = ir.spaces[space]
+    first_slot = {}
+    for src_index in info.sources:
+        for g in ir.node_of[ir.sources[src_index].elems].tolist():
+            first_slot.setdefault(g, len(first_slot))
+    cells = ir.node_cells[info.nodes]
+    for cell in np.unique(cells):
+        nodes = info.nodes[cells == cell]
+        listed = nodes[np.argsort([first_slot[int(g)] for g in nodes], kind="stable")]
+        by_rank = listed[np.argsort(ranks[ir.node_index_of_node(listed)], kind="stable")]
+        rho[listed] = by_rank
+
+
+def _follow_nodes(nodes: np.ndarray, rho: np.ndarray, elems: np.ndarray) -> np.ndarray:
+    """For each slot (node n, k-th occurrence): the element at the k-th slot of rho(n)."""
+    occurrence = _occurrence(nodes)
+    lookup = {(int(g), int(k)): int(e) for g, k, e in zip(nodes, occurrence, elems)}
+    return np.array([lookup[(int(rho[g]), int(k))] for g, k in zip(nodes, occurrence)])
+
+
+def _occurrence(values: np.ndarray) -> np.ndarray:
+    """How many times each value has appeared before, position by position."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    occurrence = np.empty(len(values), dtype=np.int64)
+    occurrence[order] = np.arange(len(values)) - np.searchsorted(sorted_values, sorted_values, side="left")
+    return occurrence
 
 
 def random_ranks(ir: ChannelIR, spaces, rng: np.random.Generator) -> dict[int, np.ndarray]:
@@ -67,10 +101,7 @@ def source_index(labels: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     flat = labels.ravel()
     by_label = np.argsort(flat, kind="stable")
     sorted_labels = flat[by_label]
-    first = np.searchsorted(sorted_labels, flat, side="left")
-    occurrence = np.empty_like(flat)
-    occurrence[by_label] = np.arange(len(flat)) - np.searchsorted(sorted_labels, sorted_labels, side="left")
-    del first
+    occurrence = _occurrence(flat)
     target = sigma[flat]
     start = np.searchsorted(sorted_labels, target, side="left")
     found = start + occurrence

@@ -57,7 +57,7 @@ def finish(builder: ChannelGraphBuilder, gm: fx.GraphModule, input_size: tuple[i
         channel_ops=builder.channel_ops, param_uses=builder.param_uses, output_elems=output_elems,
         node_of=node_of, space_of=space_of, node_index=node_index, spaces=spaces,
         graph=_space_graph(builder, spaces, space_of), node_cells=_cells(builder, node_of),
-        topo_of=builder.topo_of, warnings=builder.warnings,
+        node_first_elem=_first_elem(node_of), topo_of=builder.topo_of, warnings=builder.warnings,
     )
 
 
@@ -129,17 +129,23 @@ def _space_graph(builder: ChannelGraphBuilder, spaces: list[Space], space_of: np
     return graph
 
 
+def _first_elem(node_of: np.ndarray) -> np.ndarray:
+    first = np.zeros(int(node_of.max()) + 1 if len(node_of) else 0, dtype=np.int64)
+    first[node_of[::-1]] = np.arange(len(node_of))[::-1]
+    return first
+
+
 def _cells(builder: ChannelGraphBuilder, node_of: np.ndarray) -> np.ndarray:
     """Nodes covered by exactly the same sources and read by exactly the same parameter uses
     form a cell. Permutations stay inside cells, so every source is reordered consistently with
     its ties, and a chunk or slice keeps the same channels on each side."""
     covering: dict[int, list[int]] = defaultdict(list)
     for src in builder.sources:
-        for g in np.unique(node_of[src.elems]).tolist():
-            covering[g].append(src.index)
+        for g, n in zip(*np.unique(node_of[src.elems], return_counts=True)):
+            covering[int(g)].append((src.index, int(n)))
     for use_id, use in enumerate(builder.param_uses):
-        for g in np.unique(node_of[use.labels.ravel()]).tolist():
-            covering[g].append(-1 - use_id)
+        for g, n in zip(*np.unique(node_of[use.labels.ravel()], return_counts=True)):
+            covering[int(g)].append((-1 - use_id, int(n)))
     signature_id: dict[tuple[int, ...], int] = {}
     cells = np.zeros(int(node_of.max()) + 1 if len(node_of) else 0, dtype=np.int64)
     for g, srcs in covering.items():

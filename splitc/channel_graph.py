@@ -136,6 +136,7 @@ class ChannelIR:
     spaces: list[Space]
     graph: nx.DiGraph
     node_cells: np.ndarray     # global node -> cell id (nodes covered by the same sources)
+    node_first_elem: np.ndarray  # global node -> one of its elements
     topo_of: dict[str, int]
     warnings: list[str]
 
@@ -145,6 +146,10 @@ class ChannelIR:
 
     def layer(self, name: str) -> WeightLayer:
         return next(layer for layer in self.layers if layer.name == name)
+
+    def node_index_of_node(self, nodes: np.ndarray) -> np.ndarray:
+        """Index within its space of each global node id."""
+        return self.node_index[self.node_first_elem[nodes]]
 
     def spaces_of(self, elems: np.ndarray) -> np.ndarray:
         return np.unique(self.space_of[elems])

@@ -34,6 +34,12 @@ def _stochastic_depth_types() -> tuple[type, ...]:
     return (StochasticDepth,)
 
 
+def _stochastic_depth_functions() -> tuple[object, ...]:
+    from torchvision.ops import stochastic_depth
+
+    return (stochastic_depth,)
+
+
 MODULE_KINDS: dict[type, Kind] = {
     nn.Conv2d: Kind.CONV,
     nn.Linear: Kind.LINEAR,
@@ -56,7 +62,7 @@ FUNCTION_KINDS: dict[object, Kind] = {
     **{f: Kind.ELEMENTWISE for f in (
         F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid,
         torch.sigmoid, torch.tanh, F.dropout, F.leaky_relu, F.elu, F.mish, F.hardtanh,
-        operator.neg)},
+        operator.neg, *_stochastic_depth_functions())},
     **{f: Kind.BINARY for f in (
         operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
         operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div)},

@@ -64,15 +64,15 @@ def is_on_simplex(A: Tensor, atol: float = 1e-6) -> bool:
 def reduced_gradient(d: Tensor, grad: Tensor) -> Tensor:
     """SimpleMKL's reduced gradient of every column of ``d`` (METHOD.md §5); shape ``(G, C)``.
 
-    With ``μ`` the argmax of the column and ``δ_m = ∂J/∂d_m − ∂J/∂d_μ``: ``∇red_m = δ_m`` where
-    ``d_m > 0``, and ``0`` where ``d_m = 0`` and ``δ_m > 0`` (the bound blocks it);
+    With ``μ`` the argmax of the column and ``δ_m = ∂J/∂d_m − ∂J/∂d_μ``:
+    ``∇red_m = δ_m`` where ``d_m > 0``, and ``0`` where ``d_m = 0`` and ``δ_m > 0`` (the bound blocks it);
     ``∇red_μ = −Σ_{m≠μ} ∇red_m``. §5 leaves ``d_m = 0, δ_m < 0`` open; like the SimpleMKL code
     (``desc = -gradnew.*((d>0)|(gradnew<0))``) we keep ``δ_m`` there, so that a node can move
     back into a group it left: otherwise every zero is permanent and the optimum of a problem
     with an interior solution is unreachable once a step has clipped a component.
 
-    Each column sums to zero (the step keeps ``Σ d = 1``) and ``⟨∂J/∂d, −∇red⟩ = −Σ_{m≠μ} ∇red_m²``
-    ≤ 0, so ``−∇red`` is a descent direction.
+    Each column sums to zero (the step keeps ``Σ d = 1``) and
+    ``⟨∂J/∂d, −∇red⟩ = −Σ_{m≠μ} ∇red_m² ≤ 0``, so ``−∇red`` is a descent direction.
     """
     mu = d.argmax(dim=0, keepdim=True)  # (1, C)
     delta = grad - grad.gather(0, mu)  # zero at μ
@@ -158,10 +158,10 @@ class SoftmaxAssignment(nn.Module):
 
     @classmethod
     def from_probs(cls, probs: Tensor, floor: float = 1e-12) -> SoftmaxAssignment:
-        """Start from a given assignment (e.g. one derived from class similarity): ``α = log p``."""
+        """Start from a given assignment (e.g. one derived from class similarity): ``α = log p``,
+        in ``probs``' dtype and device."""
         module = cls(*probs.shape, init_std=0.0)
-        with torch.no_grad():
-            module.alpha.copy_(probs.clamp_min(floor).log())
+        module.alpha = nn.Parameter(probs.detach().clamp_min(floor).log())
         return module
 
     def forward(self) -> Tensor:

@@ -54,7 +54,9 @@ def _on_simplex_exactly(d: Tensor) -> bool:
     seed=st.integers(0, 2**31 - 1),
     double=st.booleans(),
 )
-def test_reduced_gradient_stays_on_simplex(G: int, C: int, log_lr: float, log_scale: float, seed: int, double: bool) -> None:
+def test_reduced_gradient_stays_on_simplex(
+    G: int, C: int, log_lr: float, log_scale: float, seed: int, double: bool
+) -> None:
     """Many steps with random gradients never leave the simplex: all ≥ 0, columns sum to 1 ± 1e-6."""
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if double else torch.float32
@@ -130,19 +132,18 @@ def _boundary_problem(G: int = 4, C: int = 16) -> tuple[Tensor, Tensor]:
 def _steps_to_tol(method: str, t: Tensor, optimum: Tensor, lr: float) -> int | None:
     """Steps of ½‖d − t‖² descent until max|d − d*| < TOL, from the same start for both methods."""
     d0 = uniform_init(*t.shape, noise=0.01, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assignment: torch.nn.Module
     if method == "reduced":
-        param = torch.nn.Parameter(d0.clone())
-        opt: torch.optim.Optimizer = ReducedGradient([param], lr=lr)
+        assignment = SimplexAssignment(*t.shape, init=d0)
+        opt: torch.optim.Optimizer = ReducedGradient(assignment.parameters(), lr=lr)
     else:
-        param = torch.nn.Parameter(d0.log())
-        opt = torch.optim.SGD([param], lr=lr)
+        assignment = SoftmaxAssignment.from_probs(d0)
+        opt = torch.optim.SGD(assignment.parameters(), lr=lr)
     for step in range(1, MAX_STEPS + 1):
         opt.zero_grad()
-        d = param if method == "reduced" else torch.softmax(param, dim=0)
-        (0.5 * (d - t).pow(2).sum()).backward()
+        (0.5 * (assignment() - t).pow(2).sum()).backward()
         opt.step()
-        d = param if method == "reduced" else torch.softmax(param, dim=0)
-        if (d.detach() - optimum).abs().max() < TOL:
+        if (assignment().detach() - optimum).abs().max() < TOL:
             return step
     return None
 
@@ -195,6 +196,7 @@ def test_softmax_assignment_init_and_output() -> None:
     assert is_on_simplex(module().detach())
     probs = project_to_simplex(torch.rand(3, 5)) * 0.9 + 0.1 / 3
     torch.testing.assert_close(SoftmaxAssignment.from_probs(probs)(), probs)
+    assert SoftmaxAssignment.from_probs(probs.double()).alpha.dtype == torch.float64
 
 
 def test_simplex_assignment_is_a_valid_parameter() -> None:

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: relative error, random weights, analysis of a model."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from splitc import zoo
+from splitc.channel_graph import ChannelIR, build_channel_graph
+from splitc.frontend import trace
+
+# Reduced input sizes that every listed torchvision model accepts.
+SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}
+FIXED_INPUT = ("vit_", "swin_", "maxvit_")  # these need their native 224x224
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def input_size_for(name: str) -> tuple[int, int, int]:
+    if name.startswith(FIXED_INPUT):
+        return (3, 224, 224)
+    spec = zoo.resolve(name)
+    if spec.source == "builtin":
+        return spec.default_input_size
+    return SMALL_INPUT.get(name, (3, 64, 64))
+
+
+def randomize(model: nn.Module, seed: int | None = None) -> nn.Module:
+    """Give every parameter and BN statistic a random non-trivial value, so zero-initialised
+    heads or gammas cannot hide a wrong permutation."""
+    gen = torch.Generator().manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 1.0 / max(1, p[0].numel() if p.dim() > 1 else 1) ** 0.5
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if name.endswith("weight") and p.dim() == 1 else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def analyse(model: nn.Module, input_size) -> tuple[torch.fx.GraphModule, ChannelIR]:
+    gm = trace(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir = build_channel_graph(gm, tuple(input_size))
+    return gm, ir
