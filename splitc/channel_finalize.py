@@ -58,6 +58,7 @@ def finish(builder: ChannelGraphBuilder, gm: fx.GraphModule, input_size: tuple[i
         node_of=node_of, space_of=space_of, node_index=node_index, spaces=spaces,
         graph=_space_graph(builder, spaces, space_of), node_cells=_cells(builder, node_of),
         node_first_elem=_first_elem(node_of), topo_of=builder.topo_of, warnings=builder.warnings,
+        barriers=builder.barriers,
     )
 
 

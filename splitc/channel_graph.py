@@ -139,6 +139,7 @@ class ChannelIR:
     node_first_elem: np.ndarray  # global node -> one of its elements
     topo_of: dict[str, int]
     warnings: list[str]
+    barriers: dict[str, list[str]]
 
     @property
     def class_space(self) -> int:
@@ -171,6 +172,7 @@ class ChannelGraphBuilder:
         self.edges: list[tuple[np.ndarray, int]] = []  # (input elems, output source)
         self.flags: dict[str, dict[int, str]] = {f: {} for f in FLAGS}
         self.warnings: list[str] = []
+        self.barriers: dict[str, list[str]] = {}  # op target -> nodes it made opaque
 
     # -- element creation
     def fresh(self, n: int, node: fx.Node, role: str, inputs: Any = None) -> torch.Tensor:
@@ -243,10 +245,11 @@ class ChannelGraphBuilder:
 
     def opaque(self, node: fx.Node, label_inputs: list[torch.Tensor], out: Any) -> Any:
         """No rule (or the rule declined): freeze the inputs, give the output opaque elements."""
-        reason = f"no channel rule for {target_name(node)} (node {node.name})"
-        if not any(reason in w for w in self.warnings):
-            self.warnings.append(f"{reason}: treated as a scope barrier; register a rule with "
-                                 "@channel_rule to split through it")
+        what = target_name(node)
+        reason = f"no channel rule for {what} (node {node.name})"
+        self.barriers.setdefault(what, []).append(node.name)
+        self.warnings.append(f"{reason}: treated as a scope barrier; register a rule with "
+                             "@channel_rule to split through it")
         inputs = torch.cat([t.reshape(-1) for t in label_inputs]) if label_inputs else None
         if inputs is not None:
             self.flag(inputs.unique(), "opaque", reason)
@@ -283,8 +286,8 @@ class LabelInterpreter(fx.Interpreter):
             b.flag(labels.unique(), "opaque", "graph input channels are fixed")
             return labels
         if n.op == "get_attr":
-            if not isinstance(out, torch.Tensor):
-                return out
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                return out  # integer tables (indices) are constants, not channels
             labels = b.fresh_entries(out, n, "param")
             b.param_uses.append(ParamUse(str(n.target), None, labels.numpy()))
             return labels

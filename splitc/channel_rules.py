@@ -17,6 +17,7 @@ returns None, becomes an opaque barrier (see ``channel_graph``).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,12 +68,20 @@ class RuleContext:
         return kwargs.get(name, default)
 
 
-def channel_elems(labels: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """The element of each index along ``dim``, or None when labels vary along other dims."""
+def channel_elems(labels: torch.Tensor, dim: int, builder: "ChannelGraphBuilder | None" = None
+                  ) -> torch.Tensor | None:
+    """The element of each index along ``dim``.
+
+    When the labels vary along the other dims (a token concat, a spatial concat), an op that
+    treats ``dim`` as channels everywhere makes those elements one channel: with a builder they
+    are tied; without one, None says the labels are not uniform.
+    """
     moved = labels.movedim(dim, -1).reshape(-1, labels.shape[dim])
     first = moved[0]
     if moved.shape[0] > 1 and not bool((moved == first).all()):
-        return None
+        if builder is None:
+            return None
+        builder.tie(moved, first.expand_as(moved))
     return first.clone()
 
 
@@ -87,9 +96,7 @@ def broadcast_elems(elems: torch.Tensor, shape: torch.Size, dim: int) -> torch.T
 @channel_rule(Kind.CONV)
 def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
     conv: nn.Conv2d = ctx.module  # type: ignore[assignment]
-    in_elems = channel_elems(ctx.label_args[0], 1)
-    if in_elems is None:
-        return None
+    in_elems = channel_elems(ctx.label_args[0], 1, ctx.builder)
     out_elems = ctx.builder.fresh(conv.out_channels, ctx.node, "layer")
     ctx.builder.add_weight_layer(ctx.node, "conv", conv, in_elems, out_elems, ctx.out)
     return broadcast_elems(out_elems, ctx.out.shape, 1)
@@ -98,9 +105,7 @@ def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
 @channel_rule(Kind.LINEAR)
 def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
     linear: nn.Linear = ctx.module  # type: ignore[assignment]
-    in_elems = channel_elems(ctx.label_args[0], -1)
-    if in_elems is None:
-        return None
+    in_elems = channel_elems(ctx.label_args[0], -1, ctx.builder)
     out_elems = ctx.builder.fresh(linear.out_features, ctx.node, "layer")
     ctx.builder.add_weight_layer(ctx.node, "linear", linear, in_elems, out_elems, ctx.out)
     return broadcast_elems(out_elems, ctx.out.shape, ctx.out.dim() - 1)
@@ -110,9 +115,7 @@ def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
 @channel_rule(Kind.BATCH_NORM)
 def batch_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
     labels = ctx.label_args[0]
-    elems = channel_elems(labels, 1)
-    if elems is None:
-        return None
+    elems = channel_elems(labels, 1, ctx.builder)
     names = ("weight", "bias", "running_mean", "running_var")
     ctx.builder.add_channel_op(ctx.node, elems, [n for n in names if getattr(ctx.module, n) is not None], ctx.out)
     return labels
@@ -126,8 +129,8 @@ def layer_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
     shape = ctx.arg(1, "normalized_shape") if ctx.module is None else ctx.module.normalized_shape
     norm_dims = len(tuple(shape))
     rows = labels.reshape(-1, *labels.shape[labels.dim() - norm_dims:])
-    if not bool((rows == rows[0]).all()):
-        return None
+    if not bool((rows == rows[0]).all()):  # every row is normalised with the same affine
+        ctx.builder.tie(rows, rows[0].expand_as(rows))
     elems = rows[0]
     ctx.builder.flag(elems, "shared_only", f"normalised together by {ctx.node.name}")
     if ctx.module is not None:
@@ -149,9 +152,9 @@ def elementwise_rule(ctx: RuleContext) -> torch.Tensor:
 
 @channel_rule(Kind.POOL)
 def pool_rule(ctx: RuleContext) -> torch.Tensor | None:
-    elems = channel_elems(ctx.label_args[0], 1)
-    if elems is None or not isinstance(ctx.out, torch.Tensor):
+    if not isinstance(ctx.out, torch.Tensor):
         return None
+    elems = channel_elems(ctx.label_args[0], 1, ctx.builder)
     return broadcast_elems(elems, ctx.out.shape, 1)
 
 
@@ -160,9 +163,10 @@ def pool_rule(ctx: RuleContext) -> torch.Tensor | None:
 def binary_rule(ctx: RuleContext) -> torch.Tensor:
     """Elementwise binary op: operands that meet position by position are the same channels.
 
-    An operand broadcast across *varying* channels of the other (a per-sample scalar, a
-    one-channel spatial map) ties nothing: it must be available whole to every group, so its
-    elements are flagged shared_only instead.
+    An operand broadcast across *varying* channels of the other (a one-channel spatial map, a
+    bias table added to attention scores) ties nothing: its entries land by position in a
+    tensor whose labels do not carry them, so they are frozen (opaque): never permuted, never
+    split, and needed whole by every group.
     """
     tensors = [a for a in ctx.label_args[:2] if isinstance(a, torch.Tensor)]
     if len(tensors) < 2:
@@ -172,8 +176,8 @@ def binary_rule(ctx: RuleContext) -> torch.Tensor:
     a, b = (t.expand(ctx.out.shape) for t in tensors)
     spread = [_spreads_over_varying(tensors[0], b), _spreads_over_varying(tensors[1], a)]
     for operand, spreads in zip(tensors, spread):
-        if spreads:
-            ctx.builder.flag(operand.unique(), "shared_only", f"broadcast across channels by {ctx.node.name}")
+        if spreads:  # its values land by position where the output labels do not follow them
+            ctx.builder.flag(operand.unique(), "opaque", f"broadcast across channels by {ctx.node.name}")
     if all(spread):
         return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=torch.cat([a.flatten(), b.flatten()]))
     if any(spread):
@@ -201,6 +205,8 @@ def reshape_rule(ctx: RuleContext) -> Any:
     args = tuple(_contiguous(a) for a in ctx.label_args)
     kwargs = {k: _contiguous(v) for k, v in ctx.label_kwargs.items()}
     node = ctx.node
+    if node.target is operator.getitem:  # the index is a real value, never a label
+        args = (args[0], ctx.args[1])
     if node.op == "call_module":
         result = ctx.module(*args, **kwargs)
     elif node.op == "call_method":

@@ -106,7 +106,8 @@ def kind_of(node: fx.Node, modules: dict[str, nn.Module]) -> Kind | None:
 def target_name(node: fx.Node) -> str:
     """A readable name for a node's target, for warnings."""
     if node.op == "call_module":
-        return f"module {node.target} ({node.graph.owning_module.get_submodule(node.target).__class__.__name__})"
+        module = node.graph.owning_module.get_submodule(node.target)
+        return f"module {type(module).__module__}.{type(module).__name__}"
     if node.op == "call_function":
         mod = getattr(node.target, "__module__", "") or ""
         return f"function {mod}.{getattr(node.target, '__name__', node.target)}".replace("_operator.", "operator.")

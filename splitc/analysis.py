@@ -1,0 +1,104 @@
+"""Front half of the pipeline as one call: build -> trace -> channel graph -> scope -> costs.
+
+This is what ``splitc inspect`` runs and what ``learn`` and ``split`` start from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch.fx as fx
+import torch.nn as nn
+
+from . import zoo
+from .channel_graph import ChannelIR, build_channel_graph
+from .counting import CostReport, HardAssignment, count
+from .frontend import trace
+from .scope import Scope, ScopeSpec, layer_kind, resolve_scope
+
+BUILTIN_NUM_CLASSES = {"wrn16_8": 100}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model_name: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    model: nn.Module
+    gm: fx.GraphModule
+    ir: ChannelIR
+    scope: Scope
+    cost: CostReport
+
+
+def default_num_classes(model_name: str) -> int:
+    spec = zoo.resolve(model_name)
+    return BUILTIN_NUM_CLASSES.get(model_name, spec.default_num_classes)
+
+
+def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
+            input_size: tuple[int, int, int] | None = None, model: nn.Module | None = None,
+            assignment: HardAssignment | None = None) -> Analysis:
+    """Build (unless ``model`` is given), trace and analyse; warnings are kept on the IR."""
+    classes = num_classes or default_num_classes(model_name)
+    size = tuple(input_size or zoo.resolve(model_name).default_input_size)
+    model = model if model is not None else zoo.build(model_name, classes)
+    gm = trace(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir = build_channel_graph(gm, size)
+    scope = resolve_scope(ir, spec)
+    return Analysis(model_name, classes, size, model, gm, ir, scope, count(ir, scope, assignment))
+
+
+def barrier_summary(ir: ChannelIR) -> list[str]:
+    """One line per op target without a rule, naming it and how many nodes it covers."""
+    return [f"no channel rule for {what} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}, "
+            f"first {nodes[0]}): treated as a scope barrier; register a rule with @channel_rule "
+            "to split through it" for what, nodes in ir.barriers.items()]
+
+
+def space_status(analysis: Analysis, space_id: int) -> str:
+    scope, space = analysis.scope, analysis.ir.spaces[space_id]
+    if scope.in_branches(space_id):
+        return "split"
+    if scope.in_scope(space_id):
+        return "sliced"
+    if "opaque" in space.flags:
+        return "barrier"
+    return "trunk"
+
+
+def report_dict(analysis: Analysis) -> dict:
+    """The JSON document of ``splitc inspect --json``."""
+    ir, scope, cost = analysis.ir, analysis.scope, analysis.cost
+    weight_costs = {c.name: c for c in cost.layers}
+    layers = []
+    for layer in ir.layers:
+        c = weight_costs[layer.name]
+        layers.append({
+            "name": layer.name, "op": layer.op, "kind": layer_kind(ir, scope, layer),
+            "in_channels": int(len(layer.in_elems)), "out_channels": int(len(layer.out_elems)),
+            "conv_groups": layer.conv_groups,
+            "in_spaces": [int(s) for s in ir.spaces_of(layer.in_elems)],
+            "out_space": int(ir.space_of[layer.out_elems[0]]),
+            "params": c.baseline.params, "split_params": c.split.params,
+        })
+    spaces = [{
+        "id": s.id, "name": s.name, "channels": s.size, "nodes": s.num_nodes,
+        "sources": len(s.sources), "status": space_status(analysis, s.id),
+        "level": scope.level_of.get(s.id), "groups": scope.groups_of(s.id) if scope.in_scope(s.id) else None,
+        "reason": next(iter(s.flags.values()), None),
+    } for s in ir.spaces if s.role != "param"]
+    return {
+        "model": analysis.model_name, "input_size": list(analysis.input_size),
+        "num_classes": analysis.num_classes, "groups": list(scope.groups),
+        "scope": scope.spec.describe(),
+        "baseline": {"params": cost.baseline.params, "flops": cost.baseline.flops},
+        "split": {"params": cost.split.params, "flops": cost.split.flops,
+                  "params_reduced_pct": round(cost.params_reduced_pct, 4),
+                  "flops_reduced_pct": round(cost.flops_reduced_pct, 4)},
+        "layers": layers, "spaces": spaces, "class_space": ir.class_space,
+        "notes": list(scope.notes), "warnings": barrier_summary(ir),
+    }
