@@ -122,15 +122,17 @@ def permute_channels(gm: fx.GraphModule, ir: ChannelIR, perm: ChannelPermutation
 def permuted_tensors(ir: ChannelIR, state: dict[str, torch.Tensor], perm: ChannelPermutation
                      ) -> dict[str, torch.Tensor]:
     """The tensors of ``state`` that ``perm`` changes, permuted."""
+    return dict(iter_permuted(ir, state, perm))
+
+
+def iter_permuted(ir: ChannelIR, state: dict[str, torch.Tensor], perm: ChannelPermutation):
+    """Yield ``(name, permuted tensor)`` one at a time (for in-place use on huge models)."""
     uses: dict[str, dict] = defaultdict(dict)
     for use in ir.param_uses:
         uses[use.param].setdefault(use.dim, use)
-    out = {}
     for name, by_dim in uses.items():
-        if name not in state or not _touched(by_dim.values(), perm):
-            continue
-        out[name] = _permute_tensor(state[name], by_dim, perm)
-    return out
+        if name in state and _touched(by_dim.values(), perm):
+            yield name, _permute_tensor(state[name], by_dim, perm)
 
 
 def _touched(uses, perm: ChannelPermutation) -> bool:

@@ -92,17 +92,19 @@ def _make_spaces(builder: ChannelGraphBuilder, node_of: np.ndarray, raw_space: n
 def _describe_space(space_id: int, srcs: list, elems: np.ndarray, node_of: np.ndarray,
                     builder: ChannelGraphBuilder) -> Space:
     nodes_sorted = np.unique(node_of[elems])
-    first_elem = {int(g): int(elems[node_of[elems] == g].min()) for g in nodes_sorted}
-    nodes = np.array(sorted(nodes_sorted, key=lambda g: first_elem[int(g)]), dtype=np.int64)
+    first_elem = np.full(int(node_of.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_elem, node_of[elems], elems)
+    nodes = nodes_sorted[np.argsort(first_elem[nodes_sorted], kind="stable")]
     sizes = np.zeros(len(nodes), dtype=np.int64)
-    pos = {int(g): i for i, g in enumerate(nodes)}
+    pos = np.zeros(len(first_elem), dtype=np.int64)
+    pos[nodes] = np.arange(len(nodes))
     for src in srcs:
         ids, counts = np.unique(node_of[src.elems], return_counts=True)
-        idx = np.array([pos[int(g)] for g in ids])
-        sizes[idx] = np.maximum(sizes[idx], counts)
+        sizes[pos[ids]] = np.maximum(sizes[pos[ids]], counts)
     flags = {}
     for flag in ("opaque", "shared_only"):
-        hit = next((builder.flags[flag][int(e)] for e in elems if int(e) in builder.flags[flag]), None)
+        hit = next((reason for flagged, reason in builder.flags[flag]
+                    if np.isin(flagged, elems, assume_unique=True).any()), None)
         if hit is not None:
             flags[flag] = hit
     role = "param" if all(s.role == "param" for s in srcs) else "activation"

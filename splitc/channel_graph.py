@@ -170,7 +170,7 @@ class ChannelGraphBuilder:
         self.param_uses: list[ParamUse] = []
         self.ties: list[np.ndarray] = []       # (2, k) element pairs that are one node
         self.edges: list[tuple[np.ndarray, int]] = []  # (input elems, output source)
-        self.flags: dict[str, dict[int, str]] = {f: {} for f in FLAGS}
+        self.flags: dict[str, list[tuple[np.ndarray, str]]] = {f: [] for f in FLAGS}
         self.warnings: list[str] = []
         self.barriers: dict[str, list[str]] = {}  # op target -> nodes it made opaque
 
@@ -214,8 +214,7 @@ class ChannelGraphBuilder:
             self.ties.append(np.stack([elems[:-1], elems[1:]]))
 
     def flag(self, elems: Any, flag: str, reason: str) -> None:
-        for e in _as_np(elems).ravel().tolist():
-            self.flags[flag].setdefault(int(e), reason)
+        self.flags[flag].append((np.unique(_as_np(elems)), reason))
 
     # -- records
     def add_weight_layer(self, node: fx.Node, op: str, module: nn.Module, in_elems: torch.Tensor,
