@@ -139,18 +139,20 @@ def _first_elem(node_of: np.ndarray) -> np.ndarray:
 
 
 def _cells(builder: ChannelGraphBuilder, node_of: np.ndarray) -> np.ndarray:
-    """Nodes covered by exactly the same sources and read by exactly the same parameter uses
-    form a cell. Permutations stay inside cells, so every source is reordered consistently with
-    its ties, and a chunk or slice keeps the same channels on each side."""
-    covering: dict[int, list[int]] = defaultdict(list)
-    for src in builder.sources:
-        for g, n in zip(*np.unique(node_of[src.elems], return_counts=True)):
-            covering[int(g)].append((src.index, int(n)))
-    for use_id, use in enumerate(builder.param_uses):
-        for g, n in zip(*np.unique(node_of[use.labels.ravel()], return_counts=True)):
-            covering[int(g)].append((-1 - use_id, int(n)))
-    signature_id: dict[tuple[int, ...], int] = {}
-    cells = np.zeros(int(node_of.max()) + 1 if len(node_of) else 0, dtype=np.int64)
-    for g, srcs in covering.items():
-        cells[g] = signature_id.setdefault(tuple(srcs), len(signature_id))
-    return cells
+    """Nodes covered by exactly the same sources and read by exactly the same parameter uses,
+    with the same multiplicities, form a cell. Permutations stay inside cells, so every source
+    is reordered consistently with its ties, and a chunk or slice keeps its channels in place.
+
+    Vectorised: each (owner, multiplicity) pair gets a random 64-bit key and a node's
+    signature is the wrapping sum of its keys (collisions have probability ~2^-64 per pair).
+    """
+    n_nodes = int(node_of.max()) + 1 if len(node_of) else 0
+    signature = np.zeros(n_nodes, dtype=np.uint64)
+    rng = np.random.default_rng(0x5EED)
+    owners = [s.elems for s in builder.sources] + [u.labels.ravel() for u in builder.param_uses]
+    keys = rng.integers(1, 2**63, size=len(owners), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for key, elems in zip(keys, owners):
+            ids, counts = np.unique(node_of[elems], return_counts=True)
+            signature[ids] += key * counts.astype(np.uint64) + key // np.uint64(3)
+    return np.unique(signature, return_inverse=True)[1].astype(np.int64)

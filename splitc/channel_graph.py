@@ -287,7 +287,13 @@ class LabelInterpreter(fx.Interpreter):
         if n.op == "get_attr":
             if not isinstance(out, torch.Tensor) or not out.is_floating_point():
                 return out  # integer tables (indices) are constants, not channels
-            labels = b.fresh_entries(out, n, "param")
+            if all(kind_of(user, b.modules) is None for user in n.users):
+                # only ops without rules read it (a fused attention kernel's weights): one
+                # frozen element stands for the whole tensor instead of one per entry
+                labels = b.fresh(1, n, "param").expand(out.shape)
+                b.flag(labels[(0,) * out.dim()] if out.dim() else labels, "opaque", f"read only by ops without rules ({n.name})")
+            else:
+                labels = b.fresh_entries(out, n, "param")
             b.param_uses.append(ParamUse(str(n.target), None, labels.numpy()))
             return labels
         if n.op == "output":
