@@ -21,9 +21,7 @@ import torch
 from torch import Tensor
 
 from splitc.simplex import (
-    ReducedGradient,
-    SimplexAssignment,
-    SoftmaxAssignment,
+    assignment_with_optimizer,
     project_to_simplex,
     uniform_init,
 )
@@ -55,13 +53,7 @@ def run(
     """Optimise from a fixed start; return (first step with error < tol or None, last error)."""
     gen = torch.Generator().manual_seed(0)
     d0 = uniform_init(*optimum.shape, noise=0.01, generator=gen, dtype=torch.float64)
-    current: torch.nn.Module
-    if method == "reduced":
-        current = SimplexAssignment(*d0.shape, init=d0)
-        opt: torch.optim.Optimizer = ReducedGradient(current.parameters(), lr=lr)
-    else:
-        current = SoftmaxAssignment.from_probs(d0)
-        opt = torch.optim.SGD(current.parameters(), lr=lr)
+    current, opt = assignment_with_optimizer(method, d0, lr)
     reached = None
     for step in range(1, steps + 1):
         opt.zero_grad()

@@ -194,3 +194,15 @@ class SimplexAssignment(nn.Module):
 
     def forward(self) -> Tensor:
         return self.probs
+
+
+def assignment_with_optimizer(method: str, init: Tensor, lr: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """An assignment module starting at ``init`` (columns on the simplex) and the optimiser its
+    parameterisation calls for: ReducedGradient on the simplex, plain SGD on softmax logits."""
+    if method == "reduced":
+        module: nn.Module = SimplexAssignment(*init.shape, init=init)
+        return module, ReducedGradient(module.parameters(), lr=lr)
+    if method == "softmax":
+        module = SoftmaxAssignment.from_probs(init)
+        return module, torch.optim.SGD(module.parameters(), lr=lr)
+    raise ValueError(f"unknown assignment method {method!r}: expected 'reduced' or 'softmax'")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitc.simplex import (
+    assignment_with_optimizer,
     ReducedGradient,
     SimplexAssignment,
     SoftmaxAssignment,
@@ -132,13 +133,7 @@ def _boundary_problem(G: int = 4, C: int = 16) -> tuple[Tensor, Tensor]:
 def _steps_to_tol(method: str, t: Tensor, optimum: Tensor, lr: float) -> int | None:
     """Steps of ½‖d − t‖² descent until max|d − d*| < TOL, from the same start for both methods."""
     d0 = uniform_init(*t.shape, noise=0.01, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assignment: torch.nn.Module
-    if method == "reduced":
-        assignment = SimplexAssignment(*t.shape, init=d0)
-        opt: torch.optim.Optimizer = ReducedGradient(assignment.parameters(), lr=lr)
-    else:
-        assignment = SoftmaxAssignment.from_probs(d0)
-        opt = torch.optim.SGD(assignment.parameters(), lr=lr)
+    assignment, opt = assignment_with_optimizer(method, d0, lr)
     for step in range(1, MAX_STEPS + 1):
         opt.zero_grad()
         (0.5 * (assignment() - t).pow(2).sum()).backward()
