@@ -86,3 +86,17 @@ def test_bad_input_is_one_line_exit_2(args, problem, hint) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: ") and problem in lines[0] and hint in lines[0]
+
+
+def test_inspect_user_factory() -> None:
+    result = run("inspect", "splitc.models.resnet_cifar:resnet20", "--num-classes", "7",
+                 "--input-size", "3,32,32", "--split-from", "layer3", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["num_classes"] == 7 and report["split"]["params_reduced_pct"] > 0
+
+
+def test_unknown_factory_attribute_lists_close_matches() -> None:
+    proc = subprocess.run([sys.executable, "-m", "splitc.cli", "inspect", "splitc.models.resnet_cifar:resnet2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "resnet20" in proc.stderr and "Traceback" not in proc.stderr
