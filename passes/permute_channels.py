@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from splitc.channel_graph import ChannelIR, ParamUse
+from splitc.channel_graph import ChannelIR
 
 
 @dataclass(frozen=True)

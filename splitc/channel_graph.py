@@ -31,8 +31,6 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .channel_rules import RULES, RuleContext
 from .opkinds import kind_of, target_name

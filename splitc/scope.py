@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
-import numpy as np
 
 from .channel_graph import ChannelIR, WeightLayer
 from .errors import SplitcError, did_you_mean

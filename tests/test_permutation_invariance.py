@@ -20,8 +20,7 @@ from helpers import analyse, input_size_for, randomize, rel_err
 from splitc import zoo
 from splitc.channel_graph import ChannelIR
 from splitc.passes.permute_channels import (
-    ChannelPermutation, iter_permuted, output_order, permutable_spaces, permutation_from_ranks, permute_channels,
-    permuted_tensors, random_ranks, source_index)
+    ChannelPermutation, iter_permuted, output_order, permutable_spaces, permutation_from_ranks, permuted_tensors, random_ranks, source_index)
 
 TOL = 1e-5
 DEFAULT_TORCHVISION = [
