@@ -186,3 +186,11 @@ def output_order(ir: ChannelIR, perm: ChannelPermutation) -> np.ndarray:
 def permutable_spaces(ir: ChannelIR) -> list[int]:
     """Spaces whose channels may be reordered (not opaque, not the fixed input)."""
     return [s.id for s in ir.spaces if "opaque" not in s.flags]
+
+
+def group_contiguous_ranks(assignment) -> dict[int, np.ndarray]:
+    """Ranks that order each space's nodes by group, stably: after :func:`permutation_from_ranks`
+    every group is contiguous in each space's first source (and in every source that lists its
+    nodes in the same order), which is what the split wants."""
+    return {space: np.argsort(np.argsort(groups, kind="stable"), kind="stable")
+            for space, groups in assignment.groups_of_space.items()}
