@@ -87,6 +87,55 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 
 
 @main.command()
+@click.argument("model")
+@click.option("--data", default="synthetic", show_default=True,
+              help="synthetic | synthetic:fast | digits | cifar100:PATH | imagefolder:PATH")
+@click.option("--input-size", default=None, metavar="C,H,W", help="Model input size (default: the data's).")
+@scope_options
+@click.option("--assign", type=click.Choice(["softmax", "reduced-gradient", "random"]), default="softmax",
+              show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
+@click.option("--gamma-w", type=float, default=1.0, show_default=True)
+@click.option("--gamma-d", type=float, default=1.0, show_default=True)
+@click.option("--gamma-e", type=float, default=10.0, show_default=True)
+@click.option("--assign-lr-mult", type=float, default=None, help="LR multiplier for assignments.")
+@click.option("--warmup-epochs", type=float, default=None, help="Epochs before the regularizers start.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None, help="Default 1e-4, as in the paper.")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
+@click.option("--device", default=None, help="cpu or cuda.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", default=None, help="Run directory (default runs/learn).")
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint.")
+@click.option("--overlap", type=float, default=None, help="Fuzzy-node threshold (e.g. 0.1).")
+@click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> None:
+    """Train MODEL with group assignments and the SplitNet regularizers."""
+    from .frontend import parse_input_size
+    from .learn import LearnConfig, learn as run_learn
+
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    if options.get("resume"):
+        given["resume"] = True
+    if input_size:
+        given["input_size"] = parse_input_size(input_size)
+    config = LearnConfig(model=model, flip=not no_flip, **given)
+    result = run_learn(config, progress=not as_json)
+    summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
+               "train_acc": result.train_acc, "val_acc": result.val_acc,
+               "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
+               "steps": result.steps}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            click.echo(f"{key:15s} {value}")
+
+
+@main.command()
 @click.option("--out", default="splitc-demo", show_default=True, help="Output folder.")
 @click.option("--fast", is_flag=True, help="Smaller data and fewer steps (about 2 minutes).")
 def demo(out: str, fast: bool) -> None:

@@ -100,3 +100,15 @@ def test_unknown_factory_attribute_lists_close_matches() -> None:
     proc = subprocess.run([sys.executable, "-m", "splitc.cli", "inspect", "splitc.models.resnet_cifar:resnet2"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "resnet20" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_learn_command_json_and_refuses_to_overwrite(tmp_path) -> None:
+    args = ["learn", "resnet20", "--data", "synthetic:fast", "--groups", "4", "--split-from", "layer3",
+            "--max-steps", "4", "--warmup-epochs", "0.01", "--out", str(tmp_path / "run")]
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and set(summary["group_sizes"]) and "superclass_ari" in summary
+    assert (tmp_path / "run" / "assignment.json").exists()
+    proc = subprocess.run([sys.executable, "-m", "splitc.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr

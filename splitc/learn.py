@@ -1,0 +1,399 @@
+"""``splitc learn``: train a model and its group assignments together (METHOD.md §2, §3, §5, §6, §8).
+
+The loop is plain SGD on the weights plus a second parameter group (or a
+:class:`~splitc.simplex.ReducedGradient` optimizer) for the assignments. Three choices follow
+the measured pitfalls of METHOD.md §8:
+
+- the regularizers are off during a warm-up, so the grouping is decided once features exist;
+- the assignments get their own learning rate, ``lr * assign_lr_mult``: at the weights' rate
+  they never leave the uniform point, where R_D's gradient is zero;
+- with an overlap threshold, a space whose nodes are crisp (< 20% fuzzy) is frozen, so it stops
+  drifting while the others settle.
+
+Runs are resumable and deterministic on CPU: the data order of each epoch comes from a
+generator seeded by (seed, epoch), and the checkpoint carries every RNG state, so a resumed run
+continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .analysis import Analysis, analyse
+from .assign import (
+    ASSIGNMENT_KINDS,
+    AssignmentSet,
+    splitnet_loss,
+    splitnet_regularizers,
+)
+from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
+from .data import DataBundle, load_data
+from .errors import SplitcError
+from .passes.harden import fuzzy_nodes
+from .scope import make_spec
+from .simplex import ReducedGradient
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+ASSIGNMENT = "assignment.json"
+FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
+REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """The options of ``splitc learn``; see METHOD.md §8 for why the defaults are what they are."""
+
+    model: str = "resnet20"
+    data: str = "synthetic"
+    groups: str = "4"
+    split_from: str | None = None
+    split_depth: str | None = None
+    preset: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    assign: str = "softmax"
+    gamma_w: float = 1.0
+    gamma_d: float = 1.0
+    gamma_e: float = 10.0
+    assign_lr_mult: float = 100.0   # §8: ×100 after a warm-up made every channel crisp
+    warmup_epochs: float = 5.0      # fractional values allowed (short runs and tests)
+    epochs: int = 30
+    max_steps: int | None = None    # stop after this many optimizer steps in total
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/learn"
+    resume: bool = False
+    overlap: float | None = None
+    flip: bool = True
+    checkpoint_every: int | None = None  # extra checkpoints every N steps (epoch ends always)
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """What a finished run reports; the files under ``run_dir`` hold the detail."""
+    run_dir: Path
+    checkpoint: Path
+    train_acc: float
+    val_acc: float
+    group_sizes: dict[str, list[int]]
+    superclass_ari: float | None
+    steps: int
+
+
+@dataclass
+class _Run:
+    """Everything the loop mutates, kept together so helpers stay short."""
+
+    config: LearnConfig
+    analysis: Analysis
+    bundle: DataBundle
+    aset: AssignmentSet
+    optimizers: dict[str, torch.optim.Optimizer]
+    device: torch.device
+    run_dir: Path
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    step: int = 0
+    frozen: tuple[int, ...] = ()
+    train_correct: int = 0
+    train_seen: int = 0
+
+
+def learn(config: LearnConfig, progress: bool = True) -> LearnResult:
+    """Train weights and assignments; write checkpoint, metrics and assignment.json under ``out``."""
+    if not config.resume and (Path(config.out) / CHECKPOINT).exists():
+        raise SplitcError(f"{Path(config.out) / CHECKPOINT} already exists; pass --resume to "
+                          "continue that run, or choose another --out folder.")
+    run = _setup(config)
+    if config.resume:
+        _restore(run)
+    _train(run, progress)
+    val_acc = evaluate(run)
+    _save(run)
+    return _finish(run, val_acc)
+
+
+def _check_config(config: LearnConfig) -> None:
+    """Option mistakes fail before minutes of data loading and tracing."""
+    if config.assign not in ASSIGNMENT_KINDS:
+        raise SplitcError(f"unknown --assign {config.assign!r}; choose {', '.join(ASSIGNMENT_KINDS)}.")
+    if config.schedule not in ("step", "cosine"):
+        raise SplitcError(f"unknown --schedule {config.schedule!r}; choose step or cosine.")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
+    if config.batch_size < 1 or (config.max_steps is not None and config.max_steps < 1):
+        raise SplitcError("--batch-size and --max-steps must be at least 1.")
+
+
+def _setup(config: LearnConfig) -> _Run:
+    """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
+    _check_config(config)
+    torch.manual_seed(config.seed)
+    bundle = load_data(config.data, config.input_size, seed=config.seed, flip=config.flip)
+    spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
+    analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size)
+    device = torch.device(config.device)
+    analysis.gm.to(device)
+    aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
+    steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
+    total = config.max_steps or config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    return _Run(config, analysis, bundle, aset, _optimizers(config, analysis.gm, aset), device,
+                Path(config.out), steps_per_epoch, total, warmup)
+
+
+def _optimizers(config: LearnConfig, model: nn.Module, aset: AssignmentSet) -> dict[str, torch.optim.Optimizer]:
+    """Weights: SGD with momentum and weight decay. Assignments: their own, faster rate and no
+    decay (decay would pull softmax logits back to the uniform point); none for ``random``."""
+    weights = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
+                              weight_decay=config.weight_decay)
+    opts: dict[str, torch.optim.Optimizer] = {"weights": weights}
+    params = list(aset.parameters())
+    rate = config.lr * config.assign_lr_mult
+    if params and config.assign == "reduced-gradient":
+        opts["assign"] = ReducedGradient(params, lr=rate)
+    elif params:
+        opts["assign"] = torch.optim.SGD(params, lr=rate, momentum=0.9, weight_decay=0.0)
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return opts
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Step: ×0.1 at 50% and again at 75% of the run. Cosine: half a cosine from 1 to 0."""
+    t = step / max(1, total)
+    if schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _set_lr(run: _Run) -> float:
+    factor = lr_factor(run.config.schedule, run.step, run.total_steps)
+    for opt in run.optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor
+    return run.config.lr * factor
+
+
+def _epoch_loader(run: _Run, epoch: int, skip: int) -> DataLoader:
+    """Batches of ``epoch`` in an order fixed by (seed, epoch), minus the first ``skip`` batches
+    already trained before a resume; drop the last partial batch so every epoch has equal steps."""
+    gen = torch.Generator().manual_seed(run.config.seed * 100_003 + epoch)
+    order = torch.randperm(len(run.bundle.train), generator=gen).tolist()
+    size = run.config.batch_size
+    batches = [order[i * size:(i + 1) * size] for i in range(run.steps_per_epoch)][skip:]
+    # The loader draws a worker seed when iterated; taking it from ``gen`` rather than the global
+    # RNG keeps the augmentation stream the same whether an epoch starts fresh or mid-way.
+    return DataLoader(run.bundle.train, batch_sampler=batches, num_workers=0, generator=gen)
+
+
+def _train(run: _Run, progress: bool) -> None:
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not progress, desc="learn",
+               dynamic_ncols=True)
+    with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
+        while run.step < run.total_steps:
+            epoch, skip = divmod(run.step, run.steps_per_epoch)
+            if skip == 0:
+                run.train_correct = run.train_seen = 0
+            for x, y in _epoch_loader(run, epoch, skip):
+                metrics = _train_step(run, x.to(run.device), y.to(run.device))
+                bar.update(1)
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "acc", "R_W", "R_D", "R_E")})
+                _after_step(run, metrics)
+                if run.step >= run.total_steps:
+                    break
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """One SGD step; the regularizers join the loss only after the warm-up."""
+    lr = _set_lr(run)
+    gm = run.analysis.gm
+    gm.train()
+    logits = gm(x)
+    ce = F.cross_entropy(logits, y)
+    regs_on = run.step >= run.warmup_steps
+    if regs_on:
+        regs = splitnet_regularizers(gm, run.analysis.ir, run.analysis.scope, run.aset)
+        cfg = run.config
+        loss = splitnet_loss(ce, regs, (cfg.gamma_w, cfg.gamma_d, cfg.gamma_e))
+    else:
+        regs, loss = {}, ce
+    for opt in run.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizers["weights"].step()
+    if regs_on and "assign" in run.optimizers:
+        run.optimizers["assign"].step()
+    correct = int((logits.argmax(dim=1) == y).sum())
+    run.train_correct += correct
+    run.train_seen += len(y)
+    run.step += 1
+    return {"kind": "step", "step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch,
+            "loss": float(loss.detach()), "ce": float(ce.detach()), "acc": correct / len(y), "lr": lr,
+            "regs_on": regs_on, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")}}
+
+
+def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
+    """Logging, overlap freezing, epoch-end evaluation and checkpoints."""
+    cfg = run.config
+    if metrics["regs_on"] and cfg.overlap is not None:
+        _freeze_crisp_spaces(run)
+    if run.step % max(1, cfg.log_every) == 0 or run.step == run.total_steps:
+        _log(run, metrics)
+    epoch_end = run.step % run.steps_per_epoch == 0
+    if epoch_end:
+        _log(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
+                   "train_acc": train_acc(run), "val_acc": evaluate(run), "frozen": list(run.frozen)})
+    periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+    if (epoch_end or periodic) and run.step < run.total_steps:
+        _save(run)
+
+
+def _freeze_crisp_spaces(run: _Run) -> None:
+    """METHOD.md §6: stop training a space once fewer than 20% of its nodes are fuzzy."""
+    for space, matrix in run.aset.soft().items():
+        if space in run.frozen:
+            continue
+        if len(fuzzy_nodes(matrix, run.config.overlap)) < FREEZE_FUZZY_FRACTION * matrix.shape[1]:
+            _freeze(run, space)
+
+
+def _freeze(run: _Run, space: int) -> None:
+    for p in run.aset.by_space[str(space)].parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    run.frozen = tuple(sorted((*run.frozen, space)))
+
+
+def train_acc(run: _Run) -> float:
+    """Accuracy over the current epoch's training batches so far."""
+    return run.train_correct / run.train_seen if run.train_seen else 0.0
+
+
+@torch.no_grad()
+def evaluate(run: _Run) -> float:
+    """Validation accuracy of the dense model (the split is only as good as this)."""
+    gm = run.analysis.gm
+    gm.eval()
+    loader = DataLoader(run.bundle.val, batch_size=256, shuffle=False, num_workers=0)
+    correct = total = 0
+    for x, y in loader:
+        correct += int((gm(x.to(run.device)).argmax(dim=1).cpu() == y).sum())
+        total += len(y)
+    gm.train()
+    return correct / max(1, total)
+
+
+def _log(run: _Run, record: dict[str, Any]) -> None:
+    append_metrics(run.run_dir / METRICS, record)
+
+
+def identity(run: _Run) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this run."""
+    a = run.analysis
+    return {"model": a.model_name, "num_classes": a.num_classes, "input_size": list(a.input_size),
+            "scope": a.scope.spec.describe(), "data": run.config.data, "assign": run.config.assign}
+
+
+def _rng_states() -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if cuda else {})}
+
+
+def _save(run: _Run) -> Path:
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(run.config).items()}
+    return save_checkpoint(run.run_dir / CHECKPOINT, {
+        "kind": "learn", "identity": identity(run), "config": config,
+        "model": run.analysis.gm.state_dict(), "assignments": run.aset.state_dict(),
+        "optimizers": {k: opt.state_dict() for k, opt in run.optimizers.items()},
+        "step": run.step, "epoch": run.step // run.steps_per_epoch, "frozen": list(run.frozen),
+        "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
+    })
+
+
+def _restore(run: _Run) -> None:
+    """Load the run's checkpoint into the freshly built run; the step count carries on."""
+    ckpt = load_checkpoint(run.run_dir / CHECKPOINT, identity(run), kind="learn")
+    run.analysis.gm.load_state_dict(ckpt["model"])
+    run.aset.load_state_dict(ckpt["assignments"])
+    for space in ckpt["frozen"]:
+        _freeze(run, int(space))
+    for name, opt in run.optimizers.items():
+        if name not in ckpt["optimizers"]:
+            raise SplitcError(f"checkpoint {run.run_dir / CHECKPOINT} has no {name} optimizer "
+                              "state; start a new run without --resume.")
+        rates = [group["base_lr"] for group in opt.param_groups]
+        opt.load_state_dict(ckpt["optimizers"][name])
+        for group, rate in zip(opt.param_groups, rates):  # this run's --lr / multiplier win
+            group["base_lr"] = rate
+    run.step, run.train_correct, run.train_seen = ckpt["step"], ckpt["train_correct"], ckpt["train_seen"]
+    trim_metrics(run.run_dir / METRICS, run.step)
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and run.device.type == "cuda":
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def class_groups(run: _Run) -> dict[str, int] | None:
+    """Class name -> hard group (finest level of the class space), or None when the class space
+    is not in the split scope (then classes are not grouped at all)."""
+    ir = run.analysis.ir
+    space = ir.class_space
+    if space not in run.aset:
+        return None
+    groups = run.aset.hard().groups_of_space[space]
+    nodes = ir.node_index[np.asarray(ir.output_elems)]
+    return {name: int(groups[node]) for name, node in zip(run.bundle.class_names, nodes)}
+
+
+def superclass_ari(run: _Run, mapping: dict[str, int] | None) -> float | None:
+    """Agreement of the learned class groups with the data's superclasses (METHOD.md §8: this
+    measures agreement with a taxonomy, not the quality of the split)."""
+    if mapping is None or run.bundle.superclass_of is None:
+        return None
+    from sklearn.metrics import adjusted_rand_score
+    return float(adjusted_rand_score(list(run.bundle.superclass_of), list(mapping.values())))
+
+
+def _space_report(run: _Run, space: int, matrix: np.ndarray, hard: np.ndarray) -> dict[str, Any]:
+    ir, scope = run.analysis.ir, run.analysis.scope
+    G = scope.groups_of(space)
+    sizes = np.bincount(hard, weights=ir.spaces[space].node_sizes, minlength=G).astype(int).tolist()
+    threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
+    return {"id": space, "name": ir.spaces[space].name, "level": scope.level_of[space], "groups": G,
+            "hard": hard.tolist(), "group_sizes": sizes, "empty_groups": [g for g, n in enumerate(sizes) if n == 0],
+            "fuzzy_threshold": threshold, "frozen": space in run.frozen,
+            "fuzzy": [[n, list(gs)] for n, gs in fuzzy_nodes(matrix, threshold)]}
+
+
+def _finish(run: _Run, val_acc: float) -> LearnResult:
+    """Write assignment.json (what the split pass reads) and build the result."""
+    soft, hard = run.aset.soft(), run.aset.hard().groups_of_space
+    spaces = [_space_report(run, s, soft[s], hard[s]) for s in sorted(soft)]
+    mapping = class_groups(run)
+    ari = superclass_ari(run, mapping)
+    doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
+           "superclass_ari": ari, "train_acc": train_acc(run), "val_acc": val_acc}
+    tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    os.replace(tmp, run.run_dir / ASSIGNMENT)
+    return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
+                       {s["name"]: s["group_sizes"] for s in spaces}, ari, run.step)
