@@ -55,7 +55,7 @@ def permutation_from_ranks(ir: ChannelIR, ranks: dict[int, np.ndarray]) -> Chann
     for src in ir.sources:
         elems = src.elems
         if int(ir.space_of[elems[0]]) in ranks:
-            sigma[elems] = _follow_nodes(ir.node_of[elems], rho, elems)
+            sigma[elems] = _follow_nodes(ir.node_of[elems], ir.atom_key[elems], rho, elems)
     return ChannelPermutation(sigma)
 
 
@@ -75,11 +75,16 @@ def _node_bijection(ir: ChannelIR, space: int, ranks: np.ndarray, rho: np.ndarra
         rho[listed] = by_rank
 
 
-def _follow_nodes(nodes: np.ndarray, rho: np.ndarray, elems: np.ndarray) -> np.ndarray:
-    """For each slot (node n, k-th occurrence): the element at the k-th slot of rho(n)."""
-    occurrence = _occurrence(nodes)
-    lookup = {(int(g), int(k)): int(e) for g, k, e in zip(nodes, occurrence, elems)}
-    return np.array([lookup[(int(rho[g]), int(k))] for g, k in zip(nodes, occurrence)])
+def _follow_nodes(nodes: np.ndarray, atoms: np.ndarray, rho: np.ndarray, elems: np.ndarray) -> np.ndarray:
+    """For each slot (node n, rank r of its channel among this source's channels of n): the
+    element at rank r of rho(n). Ranks order channels by their identity (the smallest element
+    tied to them), not by slot, so every source pairs the same channels however it orders them."""
+    order = np.lexsort((np.arange(len(elems)), atoms, nodes))
+    rank = np.empty(len(elems), dtype=np.int64)
+    sorted_nodes = nodes[order]
+    rank[order] = np.arange(len(elems)) - np.searchsorted(sorted_nodes, sorted_nodes, side="left")
+    lookup = {(int(g), int(r)): int(e) for g, r, e in zip(nodes, rank, elems)}
+    return np.array([lookup[(int(rho[g]), int(r))] for g, r in zip(nodes, rank)])
 
 
 def _occurrence(values: np.ndarray) -> np.ndarray:

@@ -41,7 +41,11 @@ def _shared_parameter_ties(builder: ChannelGraphBuilder) -> list[np.ndarray]:
 def finish(builder: ChannelGraphBuilder, gm: fx.GraphModule, input_size: tuple[int, ...],
            output: torch.Tensor) -> ChannelIR:
     n = builder.count
-    together = builder.ties + _shared_parameter_ties(builder)
+    same = builder.ties + _shared_parameter_ties(builder)
+    atom_of = _components(n, same)
+    atom_key = np.full(int(atom_of.max()) + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(atom_key, atom_of, np.arange(n))
+    together = same + builder.group_ties
     node_of = _components(n, together)
     in_source = [np.stack([s.elems[:-1], s.elems[1:]]) for s in builder.sources if s.size > 1]
     raw_space = _components(n, together + in_source)
@@ -57,7 +61,7 @@ def finish(builder: ChannelGraphBuilder, gm: fx.GraphModule, input_size: tuple[i
         channel_ops=builder.channel_ops, param_uses=builder.param_uses, output_elems=output_elems,
         node_of=node_of, space_of=space_of, node_index=node_index, spaces=spaces,
         graph=_space_graph(builder, spaces, space_of), node_cells=_cells(builder, node_of),
-        node_first_elem=_first_elem(node_of), topo_of=builder.topo_of, warnings=builder.warnings,
+        node_first_elem=_first_elem(node_of), atom_key=atom_key[atom_of], topo_of=builder.topo_of, warnings=builder.warnings,
         barriers=builder.barriers,
     )
 

@@ -135,6 +135,7 @@ class ChannelIR:
     graph: nx.DiGraph
     node_cells: np.ndarray     # global node -> cell id (nodes covered by the same sources)
     node_first_elem: np.ndarray  # global node -> one of its elements
+    atom_key: np.ndarray       # element -> smallest element that is the same channel as it
     topo_of: dict[str, int]
     warnings: list[str]
     barriers: dict[str, list[str]]
@@ -166,7 +167,8 @@ class ChannelGraphBuilder:
         self.layers: list[WeightLayer] = []
         self.channel_ops: list[ChannelOp] = []
         self.param_uses: list[ParamUse] = []
-        self.ties: list[np.ndarray] = []       # (2, k) element pairs that are one node
+        self.ties: list[np.ndarray] = []       # (2, k) pairs that are the same channel
+        self.group_ties: list[np.ndarray] = []  # (2, k) pairs that only share a group
         self.edges: list[tuple[np.ndarray, int]] = []  # (input elems, output source)
         self.flags: dict[str, list[tuple[np.ndarray, str]]] = {f: [] for f in FLAGS}
         self.warnings: list[str] = []
@@ -209,8 +211,9 @@ class ChannelGraphBuilder:
         self.ties.append(torch.stack([keys // stride, keys % stride]).numpy())
 
     def group_together(self, elems: np.ndarray) -> None:
+        """These elements take one group, but stay distinct channels (a conv-group block)."""
         if len(elems) > 1:
-            self.ties.append(np.stack([elems[:-1], elems[1:]]))
+            self.group_ties.append(np.stack([elems[:-1], elems[1:]]))
 
     def flag(self, elems: Any, flag: str, reason: str) -> None:
         self.flags[flag].append((np.unique(_as_np(elems)), reason))
@@ -222,7 +225,9 @@ class ChannelGraphBuilder:
         taps = int(np.prod(module.kernel_size)) if op == "conv" else 1
         positions = int(out.shape[2:].numel()) if op == "conv" else int(out.shape[1:-1].numel())
         ins, outs = in_elems.numpy(), out_elems.numpy()
-        if groups > 1:  # whole conv-groups move together, on both sides
+        if groups > 1 and len(ins) == len(outs) == groups:  # depthwise: out j is in j's channel
+            self.ties.append(np.stack([ins, outs]))
+        elif groups > 1:  # whole conv-groups move together, on both sides
             for block_in, block_out in zip(np.split(ins, groups), np.split(outs, groups)):
                 self.group_together(np.concatenate([block_in, block_out]))
         name = str(node.target)

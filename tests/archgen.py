@@ -16,26 +16,11 @@ import torch
 import torch.nn as nn
 from hypothesis import strategies as st
 
+from splitc.models.testnets import cbr, channel_shuffle
+
 __all__ = ["Arch", "architectures", "BLOCK_KINDS"]
 
 CH = st.integers(4, 16)
-
-
-def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-        act: bool = True) -> nn.Sequential:
-    """conv-bn[-relu] with 'same' padding."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
-    if act:
-        layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """view/transpose/view channel shuffle (a fixed permutation)."""
-    n, c, h, w = x.size(0), x.size(1), x.size(2), x.size(3)
-    x = torch.transpose(x.view(n, groups, c // groups, h, w), 1, 2).contiguous()
-    return x.view(n, c, h, w)
 
 
 # --------------------------------------------------------------------------- modules
