@@ -43,8 +43,7 @@ def finish(builder: ChannelGraphBuilder, gm: fx.GraphModule, input_size: tuple[i
     n = builder.count
     same = builder.ties + _shared_parameter_ties(builder)
     atom_of = _components(n, same)
-    atom_key = np.full(int(atom_of.max()) + 1 if n else 0, n, dtype=np.int64)
-    np.minimum.at(atom_key, atom_of, np.arange(n))
+    atom_key = _identity_keys(builder, atom_of, n)
     together = same + builder.group_ties
     node_of = _components(n, together)
     in_source = [np.stack([s.elems[:-1], s.elems[1:]]) for s in builder.sources if s.size > 1]
@@ -134,6 +133,28 @@ def _space_graph(builder: ChannelGraphBuilder, spaces: list[Space], space_of: np
             if int(src) != dst:
                 graph.add_edge(int(src), dst, via=via)
     return graph
+
+
+def _identity_keys(builder: ChannelGraphBuilder, atom_of: np.ndarray, n: int) -> np.ndarray:
+    """A rank per atom (same-channel class) that every source orders the atom by.
+
+    Plain atoms rank by their smallest element. The outputs of a conv-group block rank right
+    after the block's input channel (key + offset), so a block keeps its place among its node's
+    channels however a shuffle reordered the input: each source then pairs the same channels.
+    """
+    n_atoms = int(atom_of.max()) + 1 if n else 0
+    first = np.full(n_atoms, n, dtype=np.int64)
+    np.minimum.at(first, atom_of, np.arange(n))
+    keys: list[tuple[int, ...]] = [(int(e),) for e in first]
+    for anchor, outs in builder.block_anchors:  # creation order: anchors are final already
+        base = keys[atom_of[anchor]]
+        for offset, out in enumerate(outs.tolist()):
+            if first[atom_of[out]] == out:  # this output defines its atom's key
+                keys[atom_of[out]] = base + (offset,)
+    order = sorted(range(n_atoms), key=keys.__getitem__)
+    rank = np.empty(n_atoms, dtype=np.int64)
+    rank[order] = np.arange(n_atoms)
+    return rank
 
 
 def _first_elem(node_of: np.ndarray) -> np.ndarray:

@@ -169,6 +169,7 @@ class ChannelGraphBuilder:
         self.param_uses: list[ParamUse] = []
         self.ties: list[np.ndarray] = []       # (2, k) pairs that are the same channel
         self.group_ties: list[np.ndarray] = []  # (2, k) pairs that only share a group
+        self.block_anchors: list[tuple[int, np.ndarray]] = []  # conv-group input -> its outputs
         self.edges: list[tuple[np.ndarray, int]] = []  # (input elems, output source)
         self.flags: dict[str, list[tuple[np.ndarray, str]]] = {f: [] for f in FLAGS}
         self.warnings: list[str] = []
@@ -230,6 +231,7 @@ class ChannelGraphBuilder:
         elif groups > 1:  # whole conv-groups move together, on both sides
             for block_in, block_out in zip(np.split(ins, groups), np.split(outs, groups)):
                 self.group_together(np.concatenate([block_in, block_out]))
+                self.block_anchors.append((int(block_in[0]), block_out))
         name = str(node.target)
         self.layers.append(WeightLayer(name, node.name, op, ins, outs, groups, taps, positions,
                                        module.bias is not None, self.topo_of[node.name]))

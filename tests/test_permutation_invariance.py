@@ -117,12 +117,9 @@ def test_source_index_round_trips() -> None:
     np.testing.assert_array_equal(labels[forward], sigma[labels])
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "known bug: a channel shuffle that reverses the order of two channels of one node, followed "
-    "by a depthwise conv with channel multiplier 2, pairs the conv's output blocks with the "
-    "wrong input channel when the node is permuted (ranks inside a node follow element ids, "
-    "not the block's input channel)"))
-def test_known_bug_shuffle_then_depthwise_multiplier() -> None:
+def test_shuffle_then_depthwise_multiplier_regression() -> None:
+    """Found by hypothesis: a shuffle reverses two channels of one node, then depthwise convs
+    with multiplier 2 follow; their output blocks must follow their input channel's identity."""
     from archgen import Arch, DepthwiseSpec, HeadSpec, ShuffleSpec
 
     arch = Arch(input_size=(3, 8, 8), stem=8,
@@ -132,5 +129,6 @@ def test_known_bug_shuffle_then_depthwise_multiplier() -> None:
                         DepthwiseSpec(cin=10, multiplier=2, residual=False),
                         DepthwiseSpec(cin=20, multiplier=2, residual=False)),
                 head=HeadSpec(pool=None, hidden=0), num_classes=8)
-    for seed in range(20):
-        permuted_error(arch.build(arch.num_classes), arch.input_size, np.random.default_rng(seed))
+    for seed in range(10):
+        err, _, _ = permuted_error(arch.build(arch.num_classes), arch.input_size, np.random.default_rng(seed))
+        assert err <= TOL, f"seed {seed}: rel err {err:.2e}"
