@@ -296,8 +296,9 @@ class LabelInterpreter(fx.Interpreter):
             if all(kind_of(user, b.modules) is None for user in n.users):
                 # only ops without rules read it (a fused attention kernel's weights): one
                 # frozen element stands for the whole tensor instead of one per entry
-                labels = b.fresh(1, n, "param").expand(out.shape)
-                b.flag(labels[(0,) * out.dim()] if out.dim() else labels, "opaque", f"read only by ops without rules ({n.name})")
+                elem = b.fresh(1, n, "param")
+                b.flag(elem, "opaque", f"read only by ops without rules ({n.name})")
+                labels = elem.reshape([1] * out.dim()).expand(out.shape)
             else:
                 labels = b.fresh_entries(out, n, "param")
             b.param_uses.append(ParamUse(str(n.target), None, labels.numpy()))

@@ -133,7 +133,7 @@ def count(ir: ChannelIR, scope: Scope | None = None, assignment: HardAssignment 
     all_params = {name: p.numel() for name, p in ir.gm.named_parameters()}
     layer_costs, seen = [], set()
     for layer in ir.layers:
-        layer_costs.append(_layer_cost(ir, scope, place, layer, first_use=layer.name not in seen, params=all_params))
+        layer_costs.append(_layer_cost(ir, scope, place, layer, first_use=layer.name not in seen))
         seen.add(layer.name)
     for op in ir.channel_ops:
         layer_costs.append(_channel_op_cost(place, op, first_use=op.name not in seen, params=all_params))
@@ -146,7 +146,7 @@ def count(ir: ChannelIR, scope: Scope | None = None, assignment: HardAssignment 
     return CostReport(base, split, tuple(layer_costs))
 
 
-def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool, params: dict) -> LayerCost:
+def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool) -> LayerCost:
     n_in, n_out, k = len(layer.in_elems), len(layer.out_elems), layer.conv_groups
     base_w = n_out * (n_in // k) * layer.taps
     bias = n_out if layer.has_bias else 0
