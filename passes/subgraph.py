@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .partition import _Context
 
 
+EMPTY = object()  # a tensor of which a branch holds no position
+
+
 class PartitionError(ValueError):
     """The graph has a construct partition cannot rewrite; the message names the node."""
 
@@ -43,6 +46,8 @@ class SubgraphBuilder:
     # -- producing
     def request(self, n: fx.Node) -> int:
         """Output index of tensor ``n`` (computed here) for a consumer subgraph."""
+        if n.name not in self.env and self.ctx.info[n.name].level == self.level:
+            self.value(n)
         if n.name not in self.env:
             raise PartitionError(f"node {n.name} is read by another subgraph but not computed as a tensor in {self.name}")
         if n.name not in self.outputs:
@@ -76,12 +81,17 @@ class SubgraphBuilder:
             self.env[n.name] = self.graph.placeholder(n.name)
             return
         if self.level >= 0 and ctx.is_reshape(n):
-            if isinstance(ctx.info[n.name].shape, tuple) and ctx.info[n.name].shape and \
-                    isinstance(ctx.info[n.name].shape[0], int):
-                self.env[n.name] = self._gather(n)
-            return  # a tuple (chunk, split) is read through its getitem users
+            return  # gathered when read: intermediate views (a shuffle's 5-D view) need not be boxes
+        if self._holds_nothing(n):
+            self.env[n.name] = EMPTY  # this branch holds no channel of it (a chunk's other half)
+            return
+        if n.name in ctx.layer_of and self._holds_nothing(n.args[0]):
+            self.env[n.name] = self._input_free_output(n)
+            return
         args = fx.node.map_arg(n.args, self.value)
         kwargs = fx.node.map_arg(n.kwargs, self.value)
+        if any(a is EMPTY for a in _leaves((args, kwargs))):
+            raise PartitionError(f"{n.name} in {self.name} reads a tensor the branch holds no channel of")
         if n.op == "call_module":
             target = self._module_for(n)
             self.env[n.name] = self.graph.call_module(target, args, kwargs)
@@ -94,11 +104,15 @@ class SubgraphBuilder:
         if a.name in self.env:
             return self.env[a.name]
         info = self.ctx.info[a.name]
+        if info.level is not None and a.op != "get_attr" and self._holds_nothing(a):
+            return EMPTY
         if a.op == "get_attr":
             node = self._parameter(a)
         elif info.level is None:      # a non-tensor (a size): recompute it here
             node = self.graph.create_node(a.op, a.target, fx.node.map_arg(a.args, self.value),
                                           fx.node.map_arg(a.kwargs, self.value), name=a.name)
+        elif info.level == self.level and self.ctx.is_reshape(a) and _is_tensor_shape(info.shape):
+            node = self._gather(a)
         elif info.level == self.level:
             raise PartitionError(f"node {a.name} (a tuple of tensors) is read directly by an op "
                                  "partition cannot rewrite")
@@ -113,6 +127,27 @@ class SubgraphBuilder:
         return box_of(self.ctx.place, self.ctx.info[a.name], self.level, self.group)
 
     # -- helpers
+    def _holds_nothing(self, a: Any) -> bool:
+        if not isinstance(a, fx.Node) or self.level < 0:
+            return False
+        info = self.ctx.info[a.name]
+        return info.level is not None and _is_tensor_shape(info.shape) and 0 in self.box(a).shape
+
+    def _input_free_output(self, n: fx.Node) -> fx.Node:
+        """A layer whose held outputs read no held input (the masked model zeroed all their
+        weights): its output is the bias, broadcast to the batch."""
+        layer = self.ctx.layer_of[n.name]
+        keep = held(self.ctx.place, layer.out_elems, self.level, self.group)
+        module = self.ctx.modules[n.target]
+        bias = (module.bias.detach()[torch.as_tensor(np.flatnonzero(keep))] if module.bias is not None
+                else torch.zeros(int(keep.sum())))
+        shape = self.box(n).shape
+        view = (1, -1) + (1,) * (len(shape) - 1) if layer.op == "conv" else (1,) * len(shape) + (-1,)
+        value = self._buffer(f"bias_only_{n.name}", bias.reshape(view).clone())
+        anchor = next(p for p in self.graph.nodes if p.op == "placeholder")
+        batch = self.graph.call_method("size", (anchor, 0))
+        return self.graph.call_method("expand", (value, batch, *shape))
+
     def _placeholder(self, a: fx.Node) -> fx.Node:
         info = self.ctx.info[a.name]
         producer_level = info.level
@@ -245,6 +280,18 @@ class SubgraphBuilder:
             return False
         inputs = [a for a in m.all_input_nodes if self.ctx.info[a.name].level is not None]
         return bool(inputs) and all(self._param_only(a) for a in inputs)
+
+
+def _leaves(x: Any) -> list:
+    if isinstance(x, (list, tuple)):
+        return [leaf for v in x for leaf in _leaves(v)]
+    if isinstance(x, dict):
+        return [leaf for v in x.values() for leaf in _leaves(v)]
+    return [x]
+
+
+def _is_tensor_shape(shape) -> bool:
+    return isinstance(shape, tuple) and all(isinstance(d, int) for d in shape)
 
 
 def _run(m: fx.Node, args, kwargs, modules) -> Any:
