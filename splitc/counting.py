@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import warnings
+
 import numpy as np
+import torch
+import torch.fx as fx
 
 from .channel_graph import ChannelIR
 from .scope import Scope, layer_kind
@@ -86,8 +90,9 @@ class CostReport:
 class _Placement:
     """Per element: the level and group it lives in (-1 = trunk)."""
 
-    def __init__(self, ir: ChannelIR, scope: Scope | None, assignment: HardAssignment | None) -> None:
-        n = len(ir.space_of)
+    def __init__(self, ir: ChannelIR | None, scope: Scope | None, assignment: HardAssignment | None,
+                 num_elements: int | None = None) -> None:
+        n = len(ir.space_of) if ir is not None else num_elements
         self.level = np.full(n, -1, dtype=np.int64)
         self.group = np.full(n, -1, dtype=np.int64)
         self.in_branch = np.zeros(n, dtype=bool)
@@ -99,6 +104,10 @@ class _Placement:
             self.level[elems] = scope.level_of[space]
             self.group[elems] = groups[ir.node_index[elems]]
             self.in_branch[elems] = scope.in_branches(space)
+
+    @classmethod
+    def unsplit(cls, num_elements: int) -> "_Placement":
+        return cls(None, None, None, num_elements)
 
     def held(self, elems: np.ndarray, level: int) -> np.ndarray:
         """How many of ``elems`` each group of ``level`` holds: shared trunk elements are held
@@ -130,23 +139,44 @@ def count(ir: ChannelIR, scope: Scope | None = None, assignment: HardAssignment 
     if scope is not None and assignment is None:
         assignment = balanced_assignment(ir, scope)
     place = _Placement(ir, scope, assignment)
-    all_params = {name: p.numel() for name, p in ir.gm.named_parameters()}
+    kind = (lambda layer: layer_kind(ir, scope, layer)) if scope is not None else (lambda layer: "trunk")
+    return _count_records(ir.layers, ir.channel_ops, dict(ir.gm.named_parameters()), place, kind)
+
+
+def count_graph(gm: fx.GraphModule, *example_inputs: torch.Tensor) -> Cost:
+    """Params and FLOPs of any GraphModule (one subgraph of a split model), read from its own
+    tensors with the same per-layer formulas as :func:`count`, so a split model's real cost
+    and the predicted one are the same arithmetic on different records."""
+    from .channel_graph import ChannelGraphBuilder, LabelInterpreter
+
+    builder = ChannelGraphBuilder(gm)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        LabelInterpreter(gm, builder).run(*example_inputs)
+    place = _Placement.unsplit(builder.count)
+    report = _count_records(builder.layers, builder.channel_ops, dict(gm.named_parameters()), place,
+                            lambda layer: "trunk")
+    return report.baseline
+
+
+def _count_records(layers, channel_ops, all_params: dict, place: "_Placement", kind) -> CostReport:
+    all_params = {name: p.numel() for name, p in all_params.items()}
     layer_costs, seen = [], set()
-    for layer in ir.layers:
-        layer_costs.append(_layer_cost(ir, scope, place, layer, first_use=layer.name not in seen))
+    for layer in layers:
+        layer_costs.append(_layer_cost(kind(layer), place, layer, first_use=layer.name not in seen))
         seen.add(layer.name)
-    for op in ir.channel_ops:
+    for op in channel_ops:
         layer_costs.append(_channel_op_cost(place, op, first_use=op.name not in seen, params=all_params))
         seen.add(op.name)
-    attributed = {p for lc in ir.layers for p in (f"{lc.name}.weight", f"{lc.name}.bias")}
-    attributed |= {p for op in ir.channel_ops for p in op.params}
+    attributed = {p for lc in layers for p in (f"{lc.name}.weight", f"{lc.name}.bias")}
+    attributed |= {p for op in channel_ops for p in op.params}
     rest = sum(n for name, n in all_params.items() if name not in attributed)
     base = Cost(rest + sum(c.baseline.params for c in layer_costs), sum(c.baseline.flops for c in layer_costs))
     split = Cost(rest + sum(c.split.params for c in layer_costs), sum(c.split.flops for c in layer_costs))
     return CostReport(base, split, tuple(layer_costs))
 
 
-def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool) -> LayerCost:
+def _layer_cost(kind: str, place: _Placement, layer, first_use: bool) -> LayerCost:
     n_in, n_out, k = len(layer.in_elems), len(layer.out_elems), layer.conv_groups
     base_w = n_out * (n_in // k) * layer.taps
     bias = n_out if layer.has_bias else 0
@@ -158,7 +188,6 @@ def _layer_cost(ir, scope, place: _Placement, layer, first_use: bool) -> LayerCo
         for ins, outs in zip(np.split(layer.in_elems, k), np.split(layer.out_elems, k)):
             held = place.held(ins, out_level)
             split_w += int((place.out_counts(outs, out_level) * held).sum()) * layer.taps
-    kind = layer_kind(ir, scope, layer) if scope is not None else "trunk"
     flops = lambda w: 2 * w * layer.positions + bias * layer.positions  # noqa: E731
     p = lambda w: (w + bias) if first_use else 0  # noqa: E731
     return LayerCost(layer.name, kind, Cost(p(base_w), flops(base_w)), Cost(p(split_w), flops(split_w)))

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from .channel_graph import ChannelIR
-from .counting import HardAssignment
+from .counting import Cost, HardAssignment, count_graph
 from .passes.assemble import assemble
 from .passes.mask import mask_inter_group
 from .passes.partition import partition
@@ -56,3 +57,28 @@ def permuted_assignment(ir: ChannelIR, assignment: HardAssignment, perm: Channel
         moved_from = perm.sigma[ir.node_first_elem[nodes]]
         result[space] = np.asarray(groups)[ir.node_index[moved_from]]
     return HardAssignment(result)
+
+
+def subgraph_inputs(model: SplitModel, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The tensors each subgraph reads when the model runs on ``x`` (for counting, export)."""
+    seen: dict[str, tuple[torch.Tensor, ...]] = {}
+    handles = [model.subgraph(s.name).register_forward_pre_hook(
+        lambda _m, args, name=s.name: seen.__setitem__(name, tuple(args))) for s in model.plan.subgraphs]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def subgraph_costs(model: SplitModel, input_size: tuple[int, ...]) -> dict[str, Cost]:
+    """Params and FLOPs of every subgraph, counted from its real tensors by the one counting
+    function (``count_graph``)."""
+    inputs = subgraph_inputs(model.eval(), torch.randn(1, *input_size))
+    return {name: count_graph(model.subgraph(name), *args) for name, args in inputs.items()}
+
+
+def total_cost(costs: dict[str, Cost]) -> Cost:
+    return Cost(sum(c.params for c in costs.values()), sum(c.flops for c in costs.values()))

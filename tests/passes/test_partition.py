@@ -21,7 +21,7 @@ from splitc import zoo
 from splitc.counting import balanced_assignment, count
 from splitc.errors import SplitcError
 from splitc.scope import PRESETS, ScopeSpec, resolve_scope
-from splitc.split import compile_split
+from splitc.split import compile_split, subgraph_costs, total_cost
 
 TOL = 1e-5
 # The paper's Table 1 (METHOD.md section 4): params / FLOPs reduced, in percent.
@@ -63,7 +63,9 @@ def test_wrn16_8_presets(preset: str) -> None:
                                                        PRESETS["wrn16_8"][preset], rng)
     assert err <= TOL
     actual = sum(p.numel() for p in compiled.model.parameters())
-    assert actual == count(ir, scope, assignment).split.params
+    predicted = count(ir, scope, assignment).split
+    assert actual == predicted.params
+    assert total_cost(subgraph_costs(compiled.model, (3, 32, 32))) == predicted  # from real tensors
     balanced = count(ir, scope)  # contiguous balanced groups
     params, flops = TABLE1[preset]
     assert abs(balanced.params_reduced_pct - params) <= 0.2
