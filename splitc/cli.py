@@ -94,6 +94,9 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @scope_options
 @click.option("--assign", type=click.Choice(["softmax", "reduced-gradient", "random"]), default="softmax",
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
+@click.option("--init-groups", type=click.Choice(["learned", "cluster"]), default=None,
+              help="learned (default, the paper's) or cluster: start the class groups from a balanced "
+                   "spectral clustering of the warmed-up class-mean features.")
 @click.option("--gamma-w", type=float, default=1.0, show_default=True)
 @click.option("--gamma-d", type=float, default=1.0, show_default=True)
 @click.option("--gamma-e", type=float, default=10.0, show_default=True)
@@ -127,7 +130,7 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
     summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
                "train_acc": result.train_acc, "val_acc": result.val_acc,
                "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
-               "steps": result.steps}
+               "feature_ari": result.feature_ari, "steps": result.steps}
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -143,6 +146,55 @@ def demo(out: str, fast: bool) -> None:
     from .demo import run_demo
 
     run_demo(out, fast)
+
+
+@main.command()
+@click.argument("run_dir")
+@click.option("--out", required=True, help="Split directory to write.")
+@click.option("--overlap", type=float, default=None, help="Duplicate fuzzy nodes above this threshold.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def split(run_dir: str, out: str, overlap, as_json: bool) -> None:
+    """Compile a learn run into a split model (trunk, branches, merge) and check it."""
+    from .split_run import run_split
+    from .tables import table
+
+    summary = run_split(run_dir, out, overlap)
+    if as_json:
+        keys = ("split_dir", "params", "flops", "params_reduced_pct", "flops_reduced_pct", "groups",
+                "group_sizes", "max_rel_err")
+        click.echo(json.dumps({k: summary[k] for k in keys}))
+        return
+    base, est = summary["baseline"], summary["balanced_estimate"]
+    click.echo(table(["", "params", "FLOPs", "params reduced", "FLOPs reduced"], [
+        ["baseline", f"{base['params']:,}", f"{base['flops']:,}", "", ""],
+        ["balanced estimate", f"{est['params']:,}", f"{est['flops']:,}",
+         f"{est['params_reduced_pct']:.2f}%", f"{est['flops_reduced_pct']:.2f}%"],
+        ["this split", f"{summary['params']:,}", f"{summary['flops']:,}",
+         f"{summary['params_reduced_pct']:.2f}%", f"{summary['flops_reduced_pct']:.2f}%"],
+    ]))
+    click.echo(table(["subgraph", "params", "FLOPs"], [[name, f"{c['params']:,}", f"{c['flops']:,}"]
+                                                      for name, c in summary["subgraphs"].items()]))
+    click.echo(table(["space", "group sizes"], [[k, " ".join(map(str, v))] for k, v in summary["group_sizes"].items()]))
+    click.echo(f"split vs masked: max relative error {summary['max_rel_err']:.2e}")
+    click.echo(f"written to {summary['split_dir']}")
+
+
+@main.command()
+@click.argument("split_dir")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(split_dir: str, as_json: bool) -> None:
+    """Re-check a split directory: the split model against the masked model."""
+    from .split_run import verify_split
+
+    result = verify_split(split_dir)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        status = "ok" if result["ok"] else "FAILED"
+        click.echo(f"{status}: {result['checked']}: max relative error {result['max_rel_err']:.2e} "
+                   f"(tolerance {result['tolerance']:.0e})")
+    if not result["ok"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
