@@ -37,6 +37,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Analysis, Assi
     if not folder.is_dir():
         raise SplitcError(f"run directory {folder} does not exist; pass the --out folder of "
                           "`splitc learn`.")
+    if not (folder / "checkpoint.pt").is_file():
+        raise SplitcError(f"{folder} holds no checkpoint.pt, so it is not a learn run (or learn was "
+                          "killed before its first checkpoint); pass the --out folder of `splitc learn`.")
     ckpt = load_checkpoint(folder / "checkpoint.pt", kind="learn")
     identity, config = ckpt["identity"], ckpt["config"]
     spec = make_spec(config["groups"], config.get("split_from"), config.get("split_depth"),
