@@ -197,5 +197,34 @@ def verify(split_dir: str, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("split_dir")
+@click.option("--data", default="synthetic", show_default=True, help="The data the run learned on.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None, help="Default 5e-4, as in the paper.")
+@click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
+@click.option("--device", default=None, help="cpu or cuda.")
+@click.option("--seed", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue a killed finetune from its last checkpoint.")
+@click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
+    """Train a split model (its branches and trunk) after the split."""
+    from dataclasses import asdict
+
+    from .finetune import FinetuneConfig, finetune as run_finetune
+
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    result = run_finetune(FinetuneConfig(split_dir=split_dir, flip=not no_flip, **given), progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+    else:
+        for key, value in asdict(result).items():
+            click.echo(f"{key:10s} {value}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
