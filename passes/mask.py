@@ -70,6 +70,35 @@ def mask_inter_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope,
     return new
 
 
+def mask_for_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: HardAssignment,
+                   level: int, group: int) -> fx.GraphModule:
+    """The model as leaf ``(level, group)`` of the tree computes it: a copy of ``gm`` in which
+    every layer run in the branches keeps only weights between channels that this leaf's
+    branch (or its ancestor at the layer's level) holds. With overlap, a duplicated channel is
+    held by several leaves, and each computes its own copy this way: this is the reference the
+    overlapping split must equal, leaf by leaf."""
+    from .placement import held
+
+    new = copy.deepcopy(gm)
+    place = _Placement(ir, scope, assignment)
+    masks: dict[str, torch.Tensor] = {}
+    for layer in ir.layers:
+        layer_level = place.runs_at(layer.out_elems)
+        if layer_level < 0:
+            continue
+        node = group // (scope.groups[level] // scope.groups[layer_level])
+        keep = (held(place, layer.out_elems, layer_level, node)[:, None]
+                & held(place, layer.in_elems, layer_level, node)[None, :]
+                & _conv_block_mask(len(layer.out_elems), len(layer.in_elems), layer.conv_groups))
+        mask = _weight_layout(torch.from_numpy(keep), layer.conv_groups)
+        masks[layer.name] = masks[layer.name] & mask if layer.name in masks else mask
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weight = new.get_parameter(f"{name}.weight")
+            weight.mul_(mask.reshape(mask.shape + (1,) * (weight.dim() - mask.dim())).to(weight.dtype))
+    return new
+
+
 def kept_weights(ir: ChannelIR, scope: Scope, assignment: HardAssignment, layer: WeightLayer) -> int:
     """Number of weights ``layer`` keeps in the split (kernel taps included)."""
     return int(keep_mask(ir, scope, assignment, layer).sum()) * layer.taps

@@ -123,15 +123,22 @@ def _merge(ctx: _Context, builders: dict[str, SubgraphBuilder], output: fx.Node,
         held_pos = box_of(ctx.place, info, level, group).index[0]
         refs.append(TensorRef(leaf.name, leaf.request(logits)))
         positions.append(held_pos)
-        class_groups[order[held_pos]] = group
-    cat_positions = np.concatenate(positions)
-    index = np.argsort(order[cat_positions], kind="stable")
+        primary = ctx.place.group[info.labels.numpy()[0][held_pos]] == group
+        class_groups[order[held_pos[primary]]] = group
+    cat_classes = order[np.concatenate(positions)]
     graph = fx.Graph()
     inputs = [graph.placeholder(f"logits_{ref.producer.replace('.', '_')}") for ref in refs]
     joined = graph.call_function(torch.cat, (inputs, 1)) if len(inputs) > 1 else inputs[0]
     root: dict = {}
-    if not np.array_equal(index, np.arange(len(index))):
-        root["class_index"] = torch.as_tensor(index)
+    copies = np.bincount(cat_classes, minlength=info.shape[1])
+    if (copies > 1).any():   # duplicated (fuzzy) classes: the mean of their copies
+        average = torch.zeros(len(cat_classes), info.shape[1])
+        average[torch.arange(len(cat_classes)), torch.as_tensor(cat_classes)] = torch.as_tensor(
+            1.0 / copies[cat_classes], dtype=torch.float32)
+        root["class_average"] = average
+        joined = graph.call_function(torch.matmul, (joined, graph.get_attr("class_average")))
+    elif not np.array_equal(np.argsort(cat_classes, kind="stable"), np.arange(len(cat_classes))):
+        root["class_index"] = torch.as_tensor(np.argsort(cat_classes, kind="stable"))
         joined = graph.call_method("index_select", (joined, 1, graph.get_attr("class_index")))
     graph.output((joined,))
     ctx.merge_module = fx.GraphModule(root, graph, class_name="Merge")

@@ -79,7 +79,9 @@ def record_labels(gm: fx.GraphModule, ir: ChannelIR, place: _Placement) -> dict[
 
 
 def held(place: _Placement, elems: np.ndarray, level: int, group: int) -> np.ndarray:
-    """Bool per element: does tree node ``(level, group)`` hold it (shared, or on its path)?"""
+    """Bool per element: does tree node ``(level, group)`` hold it? Shared trunk elements are
+    held everywhere; an assigned element by the nodes on the path of any group holding a copy
+    (one group, or several for a duplicated fuzzy node)."""
     elems = np.asarray(elems)
     if level < 0:
         return np.ones(elems.shape, dtype=bool)
@@ -89,9 +91,10 @@ def held(place: _Placement, elems: np.ndarray, level: int, group: int) -> np.nda
     g_node = groups[level]
     g_elem = groups[np.maximum(e_level, 0)]
     coarse = np.minimum(g_node, g_elem)
-    elem_folded = place.group[elems] // (g_elem // coarse)
+    width = g_elem // coarse                       # element groups per coarse group
     node_folded = group // (g_node // coarse)
-    return shared | (elem_folded == node_folded)
+    window = ((np.int64(1) << width) - 1) << (node_folded * width)
+    return shared | ((place.member[elems] & window) != 0)
 
 
 @dataclass(frozen=True)

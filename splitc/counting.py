@@ -32,11 +32,30 @@ class HardAssignment:
     """Group id of every node, per space in scope (groups of that space's level)."""
 
     groups_of_space: dict[int, np.ndarray]
+    # Overlap (METHOD.md §6): fuzzy nodes duplicated into several groups, per space
+    # {node index: all its groups}; empty for a plain split.
+    overlap: dict[int, dict[int, tuple[int, ...]]] = field(default_factory=dict)
 
     def group_sizes(self, ir: ChannelIR, scope: Scope) -> dict[int, list[int]]:
-        """Channels per group for each space (node sizes summed)."""
-        return {s: np.bincount(g, weights=ir.spaces[s].node_sizes, minlength=scope.groups_of(s))
-                .astype(int).tolist() for s, g in self.groups_of_space.items()}
+        """Channels per group for each space (node sizes summed; a duplicated node counts in
+        every group that holds a copy)."""
+        sizes = {}
+        for s, g in self.groups_of_space.items():
+            node_sizes = ir.spaces[s].node_sizes
+            counts = np.bincount(g, weights=node_sizes, minlength=scope.groups_of(s))
+            for node, groups in self.overlap.get(s, {}).items():
+                for extra in set(groups) - {int(g[node])}:
+                    counts[extra] += node_sizes[node]
+            sizes[s] = counts.astype(int).tolist()
+        return sizes
+
+    def membership(self, space: int) -> np.ndarray:
+        """Bit mask of the groups holding each node of ``space``."""
+        bits = np.left_shift(1, self.groups_of_space[space].astype(np.int64))
+        for node, groups in self.overlap.get(space, {}).items():
+            for g in groups:
+                bits[node] |= 1 << g
+        return bits
 
 
 def balanced_assignment(ir: ChannelIR, scope: Scope, rng: np.random.Generator | None = None) -> HardAssignment:
@@ -96,6 +115,7 @@ class _Placement:
         self.level = np.full(n, -1, dtype=np.int64)
         self.group = np.full(n, -1, dtype=np.int64)
         self.in_branch = np.zeros(n, dtype=bool)
+        self.member = np.zeros(n, dtype=np.int64)   # bit g: group g holds a copy
         self.groups = scope.groups if scope else ()
         if scope is None or assignment is None:
             return
@@ -103,6 +123,7 @@ class _Placement:
             elems = np.flatnonzero(ir.space_of == space)
             self.level[elems] = scope.level_of[space]
             self.group[elems] = groups[ir.node_index[elems]]
+            self.member[elems] = assignment.membership(space)[ir.node_index[elems]]
             self.in_branch[elems] = scope.in_branches(space)
 
     @classmethod
@@ -116,12 +137,16 @@ class _Placement:
         levels = self.level[elems]
         per_group = np.full(target, int((levels < 0).sum()), dtype=np.int64)
         for lev in np.unique(levels[levels >= 0]).tolist():
-            counts = np.bincount(self.group[elems][levels == lev], minlength=self.groups[lev])
+            members = self._members(elems[levels == lev], lev)
             if self.groups[lev] <= target:  # coarser: feeds each of its descendants
-                per_group += np.repeat(counts, target // self.groups[lev])
-            else:                            # finer: folds into its ancestor
-                per_group += counts.reshape(target, -1).sum(axis=1)
+                per_group += np.repeat(members.sum(axis=0), target // self.groups[lev])
+            else:                            # finer: folds into its ancestor (once per element)
+                per_group += members.reshape(len(members), target, -1).any(axis=2).sum(axis=0)
         return per_group
+
+    def _members(self, elems: np.ndarray, level: int) -> np.ndarray:
+        """(elements, groups of ``level``) bool: which groups hold a copy of each element."""
+        return (self.member[elems][:, None] >> np.arange(self.groups[level])) & 1 == 1
 
     def runs_at(self, elems: np.ndarray) -> int:
         """The level an op on these elements runs at inside the branches, or -1 (trunk)."""
@@ -130,7 +155,7 @@ class _Placement:
         return int(self.level[elems].max())
 
     def out_counts(self, elems: np.ndarray, level: int) -> np.ndarray:
-        return np.bincount(self.group[elems], minlength=self.groups[level])
+        return self._members(elems, level).sum(axis=0)
 
 
 def count(ir: ChannelIR, scope: Scope | None = None, assignment: HardAssignment | None = None) -> CostReport:
@@ -181,6 +206,7 @@ def _layer_cost(kind: str, place: _Placement, layer, first_use: bool) -> LayerCo
     base_w = n_out * (n_in // k) * layer.taps
     bias = n_out if layer.has_bias else 0
     out_level = place.runs_at(layer.out_elems)
+    split_bias = bias
     if out_level < 0:
         split_w = base_w
     else:
@@ -188,9 +214,13 @@ def _layer_cost(kind: str, place: _Placement, layer, first_use: bool) -> LayerCo
         for ins, outs in zip(np.split(layer.in_elems, k), np.split(layer.out_elems, k)):
             held = place.held(ins, out_level)
             split_w += int((place.out_counts(outs, out_level) * held).sum()) * layer.taps
-    flops = lambda w: 2 * w * layer.positions + bias * layer.positions  # noqa: E731
-    p = lambda w: (w + bias) if first_use else 0  # noqa: E731
-    return LayerCost(layer.name, kind, Cost(p(base_w), flops(base_w)), Cost(p(split_w), flops(split_w)))
+        if layer.has_bias:  # a duplicated output channel has a bias in every copy
+            split_bias = int(place.out_counts(layer.out_elems, out_level).sum())
+
+    def cost(w: int, b: int) -> Cost:
+        return Cost((w + b) if first_use else 0, 2 * w * layer.positions + b * layer.positions)
+
+    return LayerCost(layer.name, kind, cost(base_w, bias), cost(split_w, split_bias))
 
 
 def _channel_op_cost(place: _Placement, op, first_use: bool, params: dict) -> LayerCost:

@@ -248,3 +248,22 @@ def layer_kind(ir: ChannelIR, scope: Scope, layer: WeightLayer) -> str:
     if all(inside):
         return "block-diagonal"
     return "mixed" if any(inside) else "output-partitioned"
+
+
+def last_stage(ir: ChannelIR) -> str:
+    """The module where the network's last resolution stage starts: the widest module around
+    the first conv at the last conv's resolution that holds only convs at that resolution
+    (``layer4`` of a ResNet, ``features.denseblock4`` of a DenseNet). For ``--split-from``
+    defaults, tests and coverage runs over many models."""
+    convs = sorted((layer for layer in ir.layers if layer.op == "conv"), key=lambda layer: layer.topo)
+    if not convs:
+        return sorted(ir.layers, key=lambda layer: layer.topo)[-1].name
+    final = convs[-1].positions
+    first = next(layer for layer in convs if layer.positions == final)
+    parts = first.name.split(".")
+    for k in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:k])
+        inside = [layer for layer in convs if layer.name == prefix or layer.name.startswith(prefix + ".")]
+        if all(layer.positions == final for layer in inside):
+            return prefix
+    return first.name

@@ -16,7 +16,7 @@ import torch.fx as fx
 from .channel_graph import ChannelIR
 from .counting import Cost, HardAssignment, count_graph
 from .passes.assemble import assemble
-from .passes.mask import mask_inter_group
+from .passes.mask import mask_for_group, mask_inter_group
 from .passes.partition import partition
 from .passes.permute_channels import (
     ChannelPermutation,
@@ -32,17 +32,20 @@ from .split_model import SplitModel
 @dataclass
 class CompiledSplit:
     model: SplitModel
-    masked: fx.GraphModule
+    masked: torch.nn.Module   # the masked model (with overlap: extended by the duplicated channels)
 
 
 def compile_split(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: HardAssignment,
                   permute: bool = True) -> CompiledSplit:
     """The split model and its masked reference for ``assignment`` (in ``gm``'s channel order)."""
-    masked = mask_inter_group(gm, ir, scope, assignment)
-    source, local, order = masked, assignment, None
+    if assignment.overlap:   # fuzzy nodes live in several branches: each slices its own copy
+        masked, source = overlap_reference(gm, ir, scope, assignment), gm
+    else:
+        masked = source = mask_inter_group(gm, ir, scope, assignment)
+    local, order = assignment, None
     if permute:
         perm = permutation_from_ranks(ir, group_contiguous_ranks(assignment))
-        source = permute_channels(masked, ir, perm)
+        source = permute_channels(source, ir, perm)
         local = permuted_assignment(ir, assignment, perm)
         order = output_order(ir, perm)
     model = assemble(partition(source, ir, scope, local, order))
@@ -52,11 +55,37 @@ def compile_split(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: H
 def permuted_assignment(ir: ChannelIR, assignment: HardAssignment, perm: ChannelPermutation) -> HardAssignment:
     """Groups in the permuted model: position e now holds the content of element sigma(e)."""
     result = {}
+    overlap = {}
     for space, groups in assignment.groups_of_space.items():
         nodes = ir.spaces[space].nodes
-        moved_from = perm.sigma[ir.node_first_elem[nodes]]
-        result[space] = np.asarray(groups)[ir.node_index[moved_from]]
-    return HardAssignment(result)
+        moved_from = ir.node_index[perm.sigma[ir.node_first_elem[nodes]]]
+        result[space] = np.asarray(groups)[moved_from]
+        fuzzy = assignment.overlap.get(space, {})
+        overlap[space] = {i: fuzzy[int(j)] for i, j in enumerate(moved_from) if int(j) in fuzzy}
+    return HardAssignment(result, {s: v for s, v in overlap.items() if v})
+
+
+class OverlapReference(torch.nn.Module):
+    """The masked model extended with duplicated channels: every leaf's masked model
+    (``mask_for_group``), each class the mean of the leaves that compute it."""
+
+    def __init__(self, leaves: list[fx.GraphModule], weights: torch.Tensor) -> None:
+        super().__init__()
+        self.leaves = torch.nn.ModuleList(leaves)
+        self.register_buffer("weights", weights)   # (leaves, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([leaf(x) for leaf in self.leaves])
+        return (outputs * self.weights[:, None, :]).sum(dim=0)
+
+
+def overlap_reference(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: HardAssignment) -> OverlapReference:
+    level = scope.level_of[ir.class_space]
+    G = scope.groups[level]
+    members = assignment.membership(ir.class_space)[ir.node_index[ir.output_elems]]
+    holds = torch.as_tensor(((members[None, :] >> np.arange(G)[:, None]) & 1).astype(np.float32))
+    leaves = [mask_for_group(gm, ir, scope, assignment, level, g) for g in range(G)]
+    return OverlapReference(leaves, holds / holds.sum(dim=0, keepdim=True)).eval()
 
 
 def subgraph_inputs(model: SplitModel, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -2,7 +2,8 @@
 
     split.json            schema, splitc version, model identity, scope, hard assignment,
                           the plan (wiring), class names, the structural report
-    masked.safetensors    the unsplit model with its inter-group weights zeroed: the reference
+    unsplit.safetensors   the unsplit model the split was compiled from (inter-group weights
+                          zeroed for a plain split); the masked reference is rebuilt from it
     split.safetensors     the split model's weights as split (exactly the masked model's)
     finetuned.safetensors written by ``splitc finetune``; the current weights when present
 
@@ -37,7 +38,7 @@ from .split_model import SplitModel
 
 SCHEMA_VERSION = 1
 SPLIT_JSON = "split.json"
-MASKED_WEIGHTS = "masked.safetensors"
+UNSPLIT_WEIGHTS = "unsplit.safetensors"
 SPLIT_WEIGHTS = "split.safetensors"
 FINETUNED_WEIGHTS = "finetuned.safetensors"
 
@@ -48,7 +49,7 @@ class LoadedSplit:
     analysis: Analysis
     assignment: HardAssignment
     model: SplitModel            # with the current weights (finetuned when present)
-    masked: fx.GraphModule       # the reference the split was compiled from
+    masked: torch.nn.Module      # the reference: the masked model (extended, with overlap)
     weights_file: str
 
     @property
@@ -69,11 +70,11 @@ def spec_from_dict(data: dict[str, Any]) -> ScopeSpec:
                      tuple(data.get("split_depth", ())), data.get("preset"))
 
 
-def save_split(out: str | os.PathLike, meta: dict[str, Any], model: SplitModel, masked: fx.GraphModule) -> Path:
+def save_split(out: str | os.PathLike, meta: dict[str, Any], model: SplitModel, unsplit: fx.GraphModule) -> Path:
     """Write a split directory; split.json goes last, so a half-written folder never loads."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    write_tensors(folder / MASKED_WEIGHTS, masked.state_dict())
+    write_tensors(folder / UNSPLIT_WEIGHTS, unsplit.state_dict())
     write_tensors(folder / SPLIT_WEIGHTS, model.state_dict())
     (folder / FINETUNED_WEIGHTS).unlink(missing_ok=True)
     document = {"schema": SCHEMA_VERSION, "splitc_version": __version__, "weights": SPLIT_WEIGHTS, **meta}
@@ -130,9 +131,8 @@ def load_split(split_dir: str | os.PathLike, weights: str | None = None) -> Load
     spec = spec_from_dict(meta["scope"])
     analysis = analyse(meta["model"], spec, meta["num_classes"], tuple(meta["input_size"]))
     assignment = assignment_from_meta(analysis, meta, folder)
-    masked = analysis.gm
-    _load_into(masked, folder / MASKED_WEIGHTS, "the masked model")
-    compiled = compile_split(masked, analysis.ir, analysis.scope, assignment)
+    _load_into(analysis.gm, folder / UNSPLIT_WEIGHTS, "the unsplit model")
+    compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, assignment)
     if compiled.model.plan.to_dict() != meta["plan"]:
         raise SplitcError(f"{folder}: the split this splitc compiles from {SPLIT_JSON} differs from "
                           "the stored one; run `splitc split` again.")
@@ -148,7 +148,8 @@ def assignment_from_meta(analysis: Analysis, meta: dict[str, Any], folder: Path)
             len(stored[s]) != ir.spaces[s].num_nodes for s in stored):
         raise SplitcError(f"{folder}: its assignment does not fit model {meta['model']} with scope "
                           f"{spec_from_dict(meta['scope']).describe()}; run `splitc split` again.")
-    return HardAssignment(stored)
+    overlap = {int(s): {int(n): tuple(gs) for n, gs in nodes} for s, nodes in meta.get("overlap", {}).items()}
+    return HardAssignment(stored, overlap)
 
 
 def _load_into(module: torch.nn.Module, path: Path, what: str) -> None:

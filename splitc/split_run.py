@@ -77,11 +77,11 @@ def max_rel_err(model: SplitModel, reference: torch.nn.Module, input_size, batch
 
 def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float | None = None) -> dict[str, Any]:
     """Split a learn run into ``out``; returns the summary (also stored in split.json)."""
-    if overlap is not None:
-        raise SplitcError("--overlap splitting (duplicating fuzzy channels into several branches) "
-                          "is not implemented yet; split without --overlap.")
     ckpt, analysis, aset = load_run(run_dir)
-    hard = harden(analysis.ir, analysis.scope, aset.soft()).assignment
+    hardened = harden(analysis.ir, analysis.scope, aset.soft(), overlap)
+    hard = hardened.assignment
+    if overlap is not None:  # fuzzy nodes are duplicated into each of their groups
+        hard = HardAssignment(hard.groups_of_space, {s: dict(nodes) for s, nodes in hardened.fuzzy.items() if nodes})
     origin = {"run_dir": str(Path(run_dir).resolve()), "assign": ckpt["identity"]["assign"],
               "data": ckpt["identity"]["data"]}
     return write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin)
@@ -96,9 +96,10 @@ def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike
     meta = {"model": analysis.model_name, "num_classes": analysis.num_classes,
             "input_size": list(analysis.input_size), "scope": spec_to_dict(analysis.scope.spec),
             "groups_of_space": {str(s): g.tolist() for s, g in hard.groups_of_space.items()},
+            "overlap": {str(s): [[n, list(gs)] for n, gs in nodes.items()] for s, nodes in hard.overlap.items()},
             "class_names": class_names or [str(i) for i in range(analysis.num_classes)],
             "plan": compiled.model.plan.to_dict(), **(origin or {}), "report": summary}
-    save_split(out, meta, compiled.model, compiled.masked)
+    save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked)
     return {"split_dir": str(out), **summary}
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from splitc.cli import main
-from splitc.split_dir import MASKED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS
+from splitc.split_dir import UNSPLIT_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS
 
 
 def run(*args: str):
@@ -86,24 +86,24 @@ def test_bad_run_dirs(tmp_path: Path, learned: Path) -> None:
     assert "truncated or corrupt" in error_of(run("split", broken, "--out", tmp_path / "o"))
 
 
-@pytest.mark.parametrize("damage", ["missing_masked", "version", "schema", "foreign_weights", "corrupt_json", "not_a_split"])
+@pytest.mark.parametrize("damage", ["missing_unsplit", "version", "schema", "foreign_weights", "corrupt_json", "not_a_split"])
 def test_bad_split_dirs(split_dir: Path, tmp_path: Path, damage: str) -> None:
     work = tmp_path / "s"
     shutil.copytree(split_dir, work)
     meta = json.loads((work / SPLIT_JSON).read_text())
-    if damage == "missing_masked":
-        (work / MASKED_WEIGHTS).unlink()
+    if damage == "missing_unsplit":
+        (work / UNSPLIT_WEIGHTS).unlink()
     elif damage in ("version", "schema"):
         meta["splitc_version" if damage == "version" else "schema"] = "0.0.0" if damage == "version" else 99
         (work / SPLIT_JSON).write_text(json.dumps(meta))
     elif damage == "foreign_weights":
-        shutil.copy(work / MASKED_WEIGHTS, work / SPLIT_WEIGHTS)
+        shutil.copy(work / UNSPLIT_WEIGHTS, work / SPLIT_WEIGHTS)
     elif damage == "corrupt_json":
         (work / SPLIT_JSON).write_text("{not json")
     else:
         (work / SPLIT_JSON).unlink()
     message = error_of(run("verify", work))
-    expected = {"missing_masked": "is missing", "version": "was written by splitc", "schema": "schema",
+    expected = {"missing_unsplit": "is missing", "version": "was written by splitc", "schema": "schema",
                 "foreign_weights": "does not match", "corrupt_json": "corrupt",
                 "not_a_split": "is not a split directory"}[damage]
     assert expected in message
@@ -113,5 +113,15 @@ def test_finetune_on_other_data_is_refused(split_dir: Path) -> None:
     assert "classes" in error_of(run("finetune", split_dir, "--data", "digits", "--max-steps", "1"))
 
 
-def test_overlap_is_refused_honestly(learned: Path, tmp_path: Path) -> None:
-    assert "not implemented" in error_of(run("split", learned, "--out", tmp_path / "o", "--overlap", "0.1"))
+def test_overlap_split(tmp_path: Path) -> None:
+    """A barely trained softmax run is fuzzy everywhere: with --overlap the duplicates cost params."""
+    learned = tmp_path / "run"
+    assert run("learn", "resnet20", "--data", "synthetic:fast", "--groups", "2", "--split-from", "layer3",
+               "--max-steps", "1", "--out", learned, "--json").exit_code == 0
+    plain = json.loads(run("split", learned, "--out", tmp_path / "plain", "--json").output)
+    result = run("split", learned, "--out", tmp_path / "o", "--overlap", "0.3", "--json")
+    fuzzy = json.loads(result.output)
+    assert fuzzy["max_rel_err"] <= 1e-5
+    assert fuzzy["params"] > plain["params"]
+    assert json.loads(run("verify", tmp_path / "o", "--json").output)["ok"]
+    assert "(0, 0.5)" in error_of(run("split", learned, "--out", tmp_path / "x", "--overlap", "0.7"))

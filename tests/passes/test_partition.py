@@ -12,15 +12,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torchvision
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from archgen import architectures
 from helpers import analyse, input_size_for, randomize, rel_err
 from splitc import zoo
-from splitc.counting import balanced_assignment, count
+from splitc.counting import HardAssignment, balanced_assignment, count
 from splitc.errors import SplitcError
-from splitc.scope import PRESETS, ScopeSpec, resolve_scope
+from splitc.scope import PRESETS, ScopeSpec, last_stage, resolve_scope
 from splitc.split import compile_split, subgraph_costs, total_cost
 
 TOL = 1e-5
@@ -142,3 +143,50 @@ def test_split_without_permutation_matches_too() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert rel_err(compiled.model(x), compiled.masked(x)) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", torchvision.models.list_models(module=torchvision.models))
+def test_every_torchvision_model(name: str) -> None:
+    """Split from the start of the last resolution stage (``scope.last_stage``)."""
+    size = input_size_for(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm, ir = analyse(zoo.build(name), size)
+        start = last_stage(ir)
+        err, compiled, *_ = split_error(zoo.build(name), size, ScopeSpec((2,), split_from=(start,)),
+                                        np.random.default_rng(), batch=2)
+    assert err <= TOL, f"{name} (from {start}): {err:.2e}"
+    assert_no_shared_storage(compiled.model)
+
+
+def with_fuzzy_nodes(ir, scope, assignment, rng, fraction=0.15):
+    """Duplicate a random fraction of every space's nodes into one more group."""
+    overlap = {}
+    for space, groups in assignment.groups_of_space.items():
+        G = scope.groups_of(space)
+        picked = rng.choice(len(groups), size=max(1, int(fraction * len(groups))), replace=False)
+        overlap[space] = {int(n): tuple(sorted({int(groups[n]), int((groups[n] + rng.integers(1, G)) % G)}))
+                          for n in picked}
+    return HardAssignment(assignment.groups_of_space, overlap)
+
+
+@pytest.mark.parametrize("model,spec", [
+    ("resnet20", ScopeSpec((2,), split_from=("layer3",))),
+    ("wrn16_8", PRESETS["wrn16_8"]["hier"]),
+])
+def test_overlap_duplicates_fuzzy_channels(model: str, spec: ScopeSpec) -> None:
+    rng = np.random.default_rng()
+    gm, ir = analyse(randomize(zoo.build(model)), (3, 32, 32))
+    scope = resolve_scope(ir, spec)
+    plain = balanced_assignment(ir, scope, rng)
+    fuzzy = with_fuzzy_nodes(ir, scope, plain, rng)
+    compiled = compile_split(gm, ir, scope, fuzzy)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(compiled.model(x), compiled.masked(x)) <= TOL
+    real = total_cost(subgraph_costs(compiled.model, (3, 32, 32)))
+    assert real == count(ir, scope, fuzzy).split
+    assert real.params > count(ir, scope, plain).split.params   # duplicates cost parameters
+    sizes, plain_sizes = fuzzy.group_sizes(ir, scope), plain.group_sizes(ir, scope)
+    assert all(sum(sizes[s]) > sum(plain_sizes[s]) for s in sizes)
