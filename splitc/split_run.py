@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from .analysis import Analysis, analyse
 from .assign import AssignmentSet
 from .checkpoint import load_checkpoint
@@ -41,6 +42,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Analysis, Assi
         raise SplitcError(f"{folder} holds no checkpoint.pt, so it is not a learn run (or learn was "
                           "killed before its first checkpoint); pass the --out folder of `splitc learn`.")
     ckpt = load_checkpoint(folder / "checkpoint.pt", kind="learn")
+    if ckpt["splitc_version"] != __version__:
+        raise SplitcError(f"{folder} was learned with splitc {ckpt['splitc_version']}, this is splitc "
+                          f"{__version__}; learn again with this version.")
     identity, config = ckpt["identity"], ckpt["config"]
     spec = make_spec(config["groups"], config.get("split_from"), config.get("split_depth"),
                      config.get("preset"), identity["model"])

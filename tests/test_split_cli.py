@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from splitc.cli import main
@@ -84,6 +85,11 @@ def test_bad_run_dirs(tmp_path: Path, learned: Path) -> None:
     data = (broken / "checkpoint.pt").read_bytes()
     (broken / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     assert "truncated or corrupt" in error_of(run("split", broken, "--out", tmp_path / "o"))
+    old = tmp_path / "old"
+    shutil.copytree(learned, old)
+    ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "splitc_version": "0.0.1"}, old / "checkpoint.pt")
+    assert "learned with splitc 0.0.1" in error_of(run("split", old, "--out", tmp_path / "o"))
 
 
 @pytest.mark.parametrize("damage", ["missing_unsplit", "version", "schema", "foreign_weights", "corrupt_json", "not_a_split"])
