@@ -1,0 +1,111 @@
+"""Baseline vs SplitNet vs SplitNet-Random at equal total epochs (issue 4, acceptance 7).
+
+    .venv/bin/python benchmarks/end_to_end.py [--data synthetic] [--learn-epochs 20]
+        [--finetune-epochs 10] [--groups 4] [--split-from layer3] [--out runs/e2e]
+
+- baseline: a plain resnet20 trained for learn + finetune epochs (no assignments);
+- SplitNet: ``splitc learn`` (softmax assignments, the three regularizers), ``split``, ``finetune``;
+- SplitNet-Random: the same with ``--assign random`` (a fixed random balanced assignment).
+
+It prints params, FLOPs, validation accuracy and superclass ARI for each, and the margin of
+SplitNet over SplitNet-Random. Every number is measured in this run; nothing is tuned here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from splitc.analysis import analyse
+from splitc.counting import count
+from splitc.data import load_data
+from splitc.finetune import FinetuneConfig, evaluate, finetune
+from splitc.learn import LearnConfig, learn
+from splitc.scope import make_spec
+from splitc.split_run import run_split
+from splitc.tables import human, table
+
+
+def train_plain(args: argparse.Namespace) -> dict:
+    """The baseline: the same network, optimiser and schedule as learn, without assignments."""
+    torch.manual_seed(args.seed)
+    bundle = load_data(args.data, seed=args.seed)
+    analysis = analyse(args.model, make_spec(str(args.groups), args.split_from), bundle.num_classes,
+                       bundle.input_size)
+    model = analysis.gm
+    epochs = args.learn_epochs + args.finetune_epochs
+    steps_per_epoch = max(1, len(bundle.train) // args.batch_size)
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    loader = torch.utils.data.DataLoader(bundle.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(args.seed))
+    model.train()
+    with tqdm(total=total, desc="baseline") as bar:
+        for _ in range(epochs):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    base = count(analysis.ir).baseline
+    return {"method": "baseline", "params": base.params, "flops": base.flops,
+            "val_acc": evaluate(model, bundle.val, torch.device("cpu")), "superclass_ari": None}
+
+
+def split_net(args: argparse.Namespace, assign: str) -> dict:
+    out = Path(args.out) / assign
+    result = learn(LearnConfig(model=args.model, data=args.data, groups=str(args.groups),
+                               split_from=args.split_from, assign=assign, epochs=args.learn_epochs,
+                               batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=str(out / "run")))
+    summary = run_split(out / "run", out / "split")
+    tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=args.data, epochs=args.finetune_epochs,
+                                    batch_size=args.batch_size, seed=args.seed))
+    name = "SplitNet" if assign == "softmax" else "SplitNet-Random"
+    return {"method": name, "params": summary["params"], "flops": summary["flops"],
+            "val_acc": tuned.val_acc, "val_acc_before_finetune": result.val_acc,
+            "superclass_ari": result.superclass_ari, "feature_ari": result.feature_ari,
+            "params_reduced_pct": summary["params_reduced_pct"], "max_rel_err": summary["max_rel_err"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--split-from", default="layer3")
+    parser.add_argument("--learn-epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/e2e")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows, started = [], time.perf_counter()
+    rows.append(train_plain(args))
+    rows.append(split_net(args, "softmax"))
+    rows.append(split_net(args, "random"))
+    print(f"\n{args.model} on {args.data}, G={args.groups} from {args.split_from}, "
+          f"{args.learn_epochs}+{args.finetune_epochs} epochs each ({time.perf_counter() - started:.0f} s)")
+    print(table(["method", "params", "FLOPs", "val acc", "superclass ARI"],
+                [[r["method"], human(r["params"]), human(r["flops"]), f"{r['val_acc']:.4f}",
+                  "" if r["superclass_ari"] is None else f"{r['superclass_ari']:.3f}"] for r in rows]))
+    margin = rows[1]["val_acc"] - rows[2]["val_acc"]
+    gap = rows[1]["val_acc"] - rows[0]["val_acc"]
+    print(f"SplitNet - SplitNet-Random: {100 * margin:+.2f} pp;  SplitNet - baseline: {100 * gap:+.2f} pp")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "end_to_end.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
