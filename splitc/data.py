@@ -53,6 +53,9 @@ class DataBundle:
     superclass_names: tuple[str, ...] | None
     input_size: Size
     spec: str
+    # The training images with the validation transform (no augmentation): what class-mean
+    # features are measured on (splitc.learn_groups); None where a loader cannot offer it.
+    train_probe: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -181,11 +184,13 @@ def _channel_stats(images: torch.Tensor) -> Stats:
 
 
 def _tensor_splits(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                   size: Size, stats: Stats, flip: bool) -> tuple[Dataset, Dataset]:
-    """Wrap in-memory train/val tensors with their transforms."""
+                   size: Size, stats: Stats, flip: bool) -> tuple[Dataset, Dataset, Dataset]:
+    """Wrap in-memory train/val tensors with their transforms; the third dataset is the
+    training images without augmentation (``DataBundle.train_probe``)."""
     hw = (train[0].shape[2], train[0].shape[3])
+    plain = _tensor_transform(hw, size, stats, False, flip)
     return (ImageTensorDataset(*train, size, _tensor_transform(hw, size, stats, True, flip)),
-            ImageTensorDataset(*val, size, _tensor_transform(hw, size, stats, False, flip)))
+            ImageTensorDataset(*val, size, plain), ImageTensorDataset(*train, size, plain))
 
 
 # --- synthetic and digits ------------------------------------------------------------------
@@ -198,9 +203,9 @@ def _load_synthetic(spec: str, variant: str, size: Size, seed: int, flip: bool) 
     n_train, n_val = synthetic.SIZES[variant]
     train = synthetic.generate(n_train, seed, 0)
     val = synthetic.generate(n_val, seed, 1)
-    tr, va = _tensor_splits(train, val, size, _channel_stats(train[0]), flip)
+    tr, va, probe = _tensor_splits(train, val, size, _channel_stats(train[0]), flip)
     return DataBundle(tr, va, synthetic.CLASS_NAMES, synthetic.SUPERCLASS_OF,
-                      synthetic.SUPERCLASS_NAMES, size, spec)
+                      synthetic.SUPERCLASS_NAMES, size, spec, probe)
 
 
 def _load_digits(spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
@@ -214,9 +219,9 @@ def _load_digits(spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
                                           stratify=digits.target, random_state=seed)
     x, y = torch.from_numpy(images), torch.from_numpy(digits.target.astype(np.int64))
     train, val = (x[idx_train], y[idx_train]), (x[idx_val], y[idx_val])
-    tr, va = _tensor_splits(train, val, size, _channel_stats(train[0]), flip)
+    tr, va, probe = _tensor_splits(train, val, size, _channel_stats(train[0]), flip)
     names = tuple(str(n) for n in digits.target_names)
-    return DataBundle(tr, va, names, None, None, size, spec)
+    return DataBundle(tr, va, names, None, None, size, spec, probe)
 
 
 # --- cifar100 ------------------------------------------------------------------------------
@@ -319,8 +324,8 @@ def _load_cifar100(spec: str, path: Path, size: Size, flip: bool) -> DataBundle:
         raise DataError(f"cifar100 folder {folder} could not be read: {err}") from err
     tensors = [(torch.from_numpy(np.ascontiguousarray(s.data.transpose(0, 3, 1, 2))),
                 torch.tensor(s.targets, dtype=torch.int64)) for s in splits]
-    tr, va = _tensor_splits(tensors[0], tensors[1], size, _CIFAR100_STATS, flip)
-    return DataBundle(tr, va, fine_names, superclass_of, coarse_names, size, spec)
+    tr, va, probe = _tensor_splits(tensors[0], tensors[1], size, _CIFAR100_STATS, flip)
+    return DataBundle(tr, va, fine_names, superclass_of, coarse_names, size, spec, probe)
 
 
 # --- imagefolder ---------------------------------------------------------------------------
@@ -380,4 +385,5 @@ def _load_imagefolder(spec: str, path: Path, size: Size, flip: bool) -> DataBund
     superclass_of, superclass_names = None, None
     if (path / "hierarchy.json").is_file():
         superclass_of, superclass_names = _read_hierarchy(path / "hierarchy.json", train.classes)
-    return DataBundle(train, val, tuple(train.classes), superclass_of, superclass_names, size, spec)
+    probe = _image_folder(path / "train", size, False, flip)
+    return DataBundle(train, val, tuple(train.classes), superclass_of, superclass_names, size, spec, probe)

@@ -1,12 +1,16 @@
 """``splitc learn``: train a model and its group assignments together (METHOD.md §2, §3, §5, §6, §8).
 
-The loop is plain SGD on the weights plus a second parameter group (or a
-:class:`~splitc.simplex.ReducedGradient` optimizer) for the assignments. Three choices follow
-the measured pitfalls of METHOD.md §8:
+The loop is plain SGD on the weights plus a second optimizer for the assignments (Adam on
+softmax logits, or :class:`~splitc.simplex.ReducedGradient` on the simplex). The choices that
+follow the measured pitfalls of METHOD.md §8 (details in :mod:`splitc.learn_optim`):
 
 - the regularizers are off during a warm-up, so the grouping is decided once features exist;
-- the assignments get their own learning rate, ``lr * assign_lr_mult``: at the weights' rate
-  they never leave the uniform point, where R_D's gradient is zero;
+  at its end the classes are clustered by their features at the split input
+  (:mod:`splitc.learn_groups`): that is ``feature_ari``, and with ``--init-groups cluster`` the
+  start of the class map;
+- the assignments get their own optimizer and rate, ``lr * assign_lr_mult``: at the weights'
+  rate they never leave the uniform point, where R_D's gradient is zero;
+- R_D ramps in over a soft phase after the warm-up (its limits: :mod:`splitc.learn_optim`);
 - with an overlap threshold, a space whose nodes are crisp (< 20% fuzzy) is frozen, so it stops
   drifting while the others settle.
 
@@ -18,16 +22,13 @@ continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -41,15 +42,25 @@ from .assign import (
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
 from .data import DataBundle, load_data
 from .errors import SplitcError
+from .learn_groups import (
+    class_groups,
+    class_space_levels,
+    cluster_classes,
+    init_class_assignment,
+    space_report,
+    split_input_class_means,
+    superclass_ari,
+)
+from .learn_optim import ASSIGN_OPTIMIZERS, disjoint_ramp, make_optimizers, set_lr
 from .passes.harden import fuzzy_nodes
 from .scope import make_spec
-from .simplex import ReducedGradient
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 ASSIGNMENT = "assignment.json"
 FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
 REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
+INIT_GROUPS = ("learned", "cluster")
 
 
 @dataclass(frozen=True)
@@ -64,17 +75,21 @@ class LearnConfig:
     preset: str | None = None
     input_size: tuple[int, int, int] | None = None
     assign: str = "softmax"
+    init_groups: str = "learned"    # or "cluster": class groups from the warmed-up features
     gamma_w: float = 1.0
     gamma_d: float = 1.0
     gamma_e: float = 10.0
-    assign_lr_mult: float = 100.0   # §8: ×100 after a warm-up made every channel crisp
-    warmup_epochs: float = 5.0      # fractional values allowed (short runs and tests)
-    epochs: int = 30
+    assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn_optim
+    assign_lr_mult: float = 0.5     # Adam on logits: 0.05 per step at lr 0.1 (learn_optim)
+    warmup_epochs: float = 3.0      # features first (§8); fractional values allowed
+    soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
+    epochs: int = 10                # the synthetic acceptance run fits 10 minutes on 2 cores
     max_steps: int | None = None    # stop after this many optimizer steps in total
     batch_size: int = 64
     lr: float = 0.1
     weight_decay: float = 1e-4
     schedule: str = "cosine"
+    lr_warmup_epochs: float = 0.5   # linear learning-rate warm-up at the start of the run
     device: str = "cpu"
     seed: int = 0
     out: str = "runs/learn"
@@ -94,6 +109,7 @@ class LearnResult:
     val_acc: float
     group_sizes: dict[str, list[int]]
     superclass_ari: float | None
+    feature_ari: float | None       # the clustering reference of METHOD.md §8
     steps: int
 
 
@@ -111,8 +127,12 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    soft_steps: int
     step: int = 0
     frozen: tuple[int, ...] = ()
+    probed: bool = False                       # the end-of-warm-up clustering has run
+    feature_groups: tuple[int, ...] | None = None
+    feature_ari: float | None = None
     train_correct: int = 0
     train_seen: int = 0
 
@@ -135,12 +155,20 @@ def _check_config(config: LearnConfig) -> None:
     """Option mistakes fail before minutes of data loading and tracing."""
     if config.assign not in ASSIGNMENT_KINDS:
         raise SplitcError(f"unknown --assign {config.assign!r}; choose {', '.join(ASSIGNMENT_KINDS)}.")
+    if config.assign_optimizer not in ASSIGN_OPTIMIZERS:
+        raise SplitcError(f"unknown --assign-optimizer {config.assign_optimizer!r}; choose "
+                          f"{', '.join(ASSIGN_OPTIMIZERS)}.")
     if config.schedule not in ("step", "cosine"):
         raise SplitcError(f"unknown --schedule {config.schedule!r}; choose step or cosine.")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
     if config.batch_size < 1 or (config.max_steps is not None and config.max_steps < 1):
         raise SplitcError("--batch-size and --max-steps must be at least 1.")
+    if config.init_groups not in INIT_GROUPS:
+        raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
+    if config.init_groups == "cluster" and config.assign == "random":
+        raise SplitcError("--init-groups cluster needs learned assignments; drop it or use "
+                          "--assign softmax / reduced-gradient.")
 
 
 def _setup(config: LearnConfig) -> _Run:
@@ -156,42 +184,9 @@ def _setup(config: LearnConfig) -> _Run:
     steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
     total = config.max_steps or config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    return _Run(config, analysis, bundle, aset, _optimizers(config, analysis.gm, aset), device,
-                Path(config.out), steps_per_epoch, total, warmup)
-
-
-def _optimizers(config: LearnConfig, model: nn.Module, aset: AssignmentSet) -> dict[str, torch.optim.Optimizer]:
-    """Weights: SGD with momentum and weight decay. Assignments: their own, faster rate and no
-    decay (decay would pull softmax logits back to the uniform point); none for ``random``."""
-    weights = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
-                              weight_decay=config.weight_decay)
-    opts: dict[str, torch.optim.Optimizer] = {"weights": weights}
-    params = list(aset.parameters())
-    rate = config.lr * config.assign_lr_mult
-    if params and config.assign == "reduced-gradient":
-        opts["assign"] = ReducedGradient(params, lr=rate)
-    elif params:
-        opts["assign"] = torch.optim.SGD(params, lr=rate, momentum=0.9, weight_decay=0.0)
-    for opt in opts.values():
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
-    return opts
-
-
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Step: ×0.1 at 50% and again at 75% of the run. Cosine: half a cosine from 1 to 0."""
-    t = step / max(1, total)
-    if schedule == "step":
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def _set_lr(run: _Run) -> float:
-    factor = lr_factor(run.config.schedule, run.step, run.total_steps)
-    for opt in run.optimizers.values():
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * factor
-    return run.config.lr * factor
+    soft = round(config.soft_epochs * steps_per_epoch)
+    return _Run(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
+                Path(config.out), steps_per_epoch, total, warmup, soft)
 
 
 def _epoch_loader(run: _Run, epoch: int, skip: int) -> DataLoader:
@@ -210,6 +205,7 @@ def _train(run: _Run, progress: bool) -> None:
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not progress, desc="learn",
                dynamic_ncols=True)
     with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
+        _maybe_end_warmup(run)
         while run.step < run.total_steps:
             epoch, skip = divmod(run.step, run.steps_per_epoch)
             if skip == 0:
@@ -225,7 +221,8 @@ def _train(run: _Run, progress: bool) -> None:
 
 def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """One SGD step; the regularizers join the loss only after the warm-up."""
-    lr = _set_lr(run)
+    ramp = round(run.config.lr_warmup_epochs * run.steps_per_epoch)
+    lr = run.config.lr * set_lr(run.optimizers, run.config.schedule, run.step, run.total_steps, ramp)
     gm = run.analysis.gm
     gm.train()
     logits = gm(x)
@@ -234,7 +231,8 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     if regs_on:
         regs = splitnet_regularizers(gm, run.analysis.ir, run.analysis.scope, run.aset)
         cfg = run.config
-        loss = splitnet_loss(ce, regs, (cfg.gamma_w, cfg.gamma_d, cfg.gamma_e))
+        gamma_d = cfg.gamma_d * disjoint_ramp(run.step, run.warmup_steps, run.soft_steps)
+        loss = splitnet_loss(ce, regs, (cfg.gamma_w, gamma_d, cfg.gamma_e))
     else:
         regs, loss = {}, ce
     for opt in run.optimizers.values():
@@ -259,6 +257,7 @@ def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
         _freeze_crisp_spaces(run)
     if run.step % max(1, cfg.log_every) == 0 or run.step == run.total_steps:
         _log(run, metrics)
+    _maybe_end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
     epoch_end = run.step % run.steps_per_epoch == 0
     if epoch_end:
         _log(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
@@ -266,6 +265,28 @@ def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
     periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
     if (epoch_end or periodic) and run.step < run.total_steps:
         _save(run)
+
+
+def _maybe_end_warmup(run: _Run) -> None:
+    """At the end of the warm-up, cluster the classes by their features at the split input:
+    ``feature_ari`` when superclasses are known, and the class-space start for ``cluster``."""
+    ir, scope = run.analysis.ir, run.analysis.scope
+    if run.probed or run.step < run.warmup_steps:
+        return
+    run.probed = True
+    wanted = run.bundle.superclass_of is not None or run.config.init_groups == "cluster"
+    if not wanted or ir.class_space not in run.aset:
+        return
+    dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
+    means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.bundle.num_classes, run.device)
+    labels = cluster_classes(means, class_space_levels(scope, ir), seed=run.config.seed)
+    run.feature_groups = tuple(int(g) for g in labels)
+    run.feature_ari = superclass_ari(run.bundle.superclass_of, labels)
+    if run.config.init_groups == "cluster":
+        init_class_assignment(run.aset, ir, labels)
+    _log(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
+               "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
+               "init_groups": run.config.init_groups})
 
 
 def _freeze_crisp_spaces(run: _Run) -> None:
@@ -326,6 +347,8 @@ def _save(run: _Run) -> Path:
         "model": run.analysis.gm.state_dict(), "assignments": run.aset.state_dict(),
         "optimizers": {k: opt.state_dict() for k, opt in run.optimizers.items()},
         "step": run.step, "epoch": run.step // run.steps_per_epoch, "frozen": list(run.frozen),
+        "probed": run.probed, "feature_ari": run.feature_ari,
+        "feature_groups": list(run.feature_groups) if run.feature_groups is not None else None,
         "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
     })
 
@@ -346,54 +369,30 @@ def _restore(run: _Run) -> None:
         for group, rate in zip(opt.param_groups, rates):  # this run's --lr / multiplier win
             group["base_lr"] = rate
     run.step, run.train_correct, run.train_seen = ckpt["step"], ckpt["train_correct"], ckpt["train_seen"]
+    run.probed, run.feature_ari = bool(ckpt.get("probed", False)), ckpt.get("feature_ari")
+    groups = ckpt.get("feature_groups")
+    run.feature_groups = tuple(groups) if groups is not None else None
     trim_metrics(run.run_dir / METRICS, run.step)
     torch.set_rng_state(ckpt["rng"]["torch"])
     if "cuda" in ckpt["rng"] and run.device.type == "cuda":
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
-def class_groups(run: _Run) -> dict[str, int] | None:
-    """Class name -> hard group (finest level of the class space), or None when the class space
-    is not in the split scope (then classes are not grouped at all)."""
-    ir = run.analysis.ir
-    space = ir.class_space
-    if space not in run.aset:
-        return None
-    groups = run.aset.hard().groups_of_space[space]
-    nodes = ir.node_index[np.asarray(ir.output_elems)]
-    return {name: int(groups[node]) for name, node in zip(run.bundle.class_names, nodes)}
-
-
-def superclass_ari(run: _Run, mapping: dict[str, int] | None) -> float | None:
-    """Agreement of the learned class groups with the data's superclasses (METHOD.md §8: this
-    measures agreement with a taxonomy, not the quality of the split)."""
-    if mapping is None or run.bundle.superclass_of is None:
-        return None
-    from sklearn.metrics import adjusted_rand_score
-    return float(adjusted_rand_score(list(run.bundle.superclass_of), list(mapping.values())))
-
-
-def _space_report(run: _Run, space: int, matrix: np.ndarray, hard: np.ndarray) -> dict[str, Any]:
-    ir, scope = run.analysis.ir, run.analysis.scope
-    G = scope.groups_of(space)
-    sizes = np.bincount(hard, weights=ir.spaces[space].node_sizes, minlength=G).astype(int).tolist()
-    threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
-    return {"id": space, "name": ir.spaces[space].name, "level": scope.level_of[space], "groups": G,
-            "hard": hard.tolist(), "group_sizes": sizes, "empty_groups": [g for g, n in enumerate(sizes) if n == 0],
-            "fuzzy_threshold": threshold, "frozen": space in run.frozen,
-            "fuzzy": [[n, list(gs)] for n, gs in fuzzy_nodes(matrix, threshold)]}
-
-
 def _finish(run: _Run, val_acc: float) -> LearnResult:
     """Write assignment.json (what the split pass reads) and build the result."""
     soft, hard = run.aset.soft(), run.aset.hard().groups_of_space
-    spaces = [_space_report(run, s, soft[s], hard[s]) for s in sorted(soft)]
-    mapping = class_groups(run)
-    ari = superclass_ari(run, mapping)
+    threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
+    spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
+                           s in run.frozen) for s in sorted(soft)]
+    mapping = class_groups(run.aset, run.analysis.ir, run.bundle.class_names)
+    ari = superclass_ari(run.bundle.superclass_of, None if mapping is None else list(mapping.values()))
+    features = (None if run.feature_groups is None
+                else dict(zip(run.bundle.class_names, run.feature_groups)))
     doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
-           "superclass_ari": ari, "train_acc": train_acc(run), "val_acc": val_acc}
+           "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
+           "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc}
     tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     os.replace(tmp, run.run_dir / ASSIGNMENT)
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
-                       {s["name"]: s["group_sizes"] for s in spaces}, ari, run.step)
+                       {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step)

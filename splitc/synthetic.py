@@ -4,31 +4,31 @@ Used by ``splitc learn --data synthetic`` to show that SplitNet's learned branch
 semantic groups, so it is built to be *not* trivially separable:
 
 * 4 superclasses x 5 classes = 20 classes of 32x32 RGB images, generated from a seed.
-* A **superclass** is a kind of shape/texture primitive (all in :data:`CLASS_NAMES`):
-
-  - ``stripes`` -- a 1-D square-wave grating in a soft disk window.  Classes:
-    horizontal wide (period 7-9 px), horizontal narrow (3.5-4.5 px), vertical wide,
-    vertical narrow, diagonal (medium period, +45 or -45 degrees at random).
-  - ``rings`` -- round shapes around a random centre.  Classes: one thin ring, one thick
-    ring (annulus), filled disk, two concentric thin rings, bullseye (3-4 rings + centre dot).
-  - ``checks`` -- 2-D periodic / blob textures in a soft disk window.  Classes: coarse
-    checkerboard (cell 4.5-6 px), fine checkerboard (cell 2.4-3 px), diamond checkerboard
-    (rotated 45 degrees), polka dots on a lattice, random smooth blobs.
-  - ``lines`` -- thin-stroke glyphs made of line segments.  Classes: plus ``+``, cross ``x``,
-    ``T``, six-armed asterisk, ``H``.
-
-* Nuisances shared by every class, so that only shape/texture is informative: random
-  position (centre within +-5 px), scale (radius / arm length / window size), small rotation
-  jitter (+-8..10 degrees), phase, foreground and background colours drawn independently
-  and uniformly in RGB (resampled until their luminance differs by >= 0.3 so the pattern
-  survives greyscale conversion), a random per-channel illumination gradient and Gaussian
-  pixel noise.  Colour therefore carries (almost) no information about the class.
-* Mirroring: every class is invariant under horizontal flip (the diagonal-stripe class
-  contains both diagonals), so flip augmentation never turns one class into another.
+* Every image is one large **silhouette** filled with a **texture**; silhouettes are scaled
+  towards the area of a disk of radius 8.5-11.5 px (factor clipped to 0.8-1.4), so that the
+  amount of texture is hardly a cue.
+* The **superclass** is the texture, a trait every class of the superclass shares and that
+  covers most of the object, so the network's own features group the classes by it
+  (METHOD.md §8: a taxonomy can only be recovered if it matches the network's similarity):
+  ``stripes`` (square-wave grating, period 5-6.5 px), ``dots`` (dot lattice, period 5-6.5 px),
+  ``speckle`` (random pixels, aperiodic 1 px grain) and ``flat`` (no texture).
+  Orientation, period and phase are random per image. The periodic textures are coarse enough
+  to survive resnet20's stride-2 stage before the split input of a last-stage split; a
+  checkerboard in place of speckle was too close to the dots there.
+* The **class** is the silhouette, from a set of five that belongs to that superclass alone
+  (:data:`SHAPES`): the finer trait, specific to the superclass, that a plain resnet20 needs
+  for class accuracy (the texture alone gives at most 1 in 5).
+* Nuisances shared by every class: position (centre within +-5 px), scale, rotation (any
+  angle, so no orientation tells a class), texture phase, foreground and background colours
+  drawn independently and uniformly in RGB (resampled until their luminance differs by >= 0.3
+  so the pattern survives greyscale conversion), a random per-channel illumination gradient
+  and Gaussian pixel noise. Colour therefore carries (almost) no information about the class
+  or the superclass.
+* Mirroring: every silhouette has a mirror axis, so a horizontal flip is one more rotation and
+  flip augmentation never turns one class into another.
 
 Generation is vectorised numpy (one array op per class over all its samples); 20 x 600
-images take 1-2 s on 2 cores (20 x 300: ~0.7 s).  Results are cached in memory per
-``(n_per_class, seed, stream)``.
+images take 1-2 s. Results are cached in memory per ``(n_per_class, seed, stream)``.
 """
 
 from __future__ import annotations
@@ -38,20 +38,22 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 NUM_SUPERCLASSES = 4
 CLASSES_PER_SUPERCLASS = 5
 NUM_CLASSES = NUM_SUPERCLASSES * CLASSES_PER_SUPERCLASS
 IMAGE_SIZE = 32
-SUPERCLASS_NAMES: tuple[str, ...] = ("stripes", "rings", "checks", "lines")
-CLASS_NAMES: tuple[str, ...] = (
-    "stripes_horizontal_wide", "stripes_horizontal_narrow", "stripes_vertical_wide",
-    "stripes_vertical_narrow", "stripes_diagonal",
-    "ring_thin", "ring_thick", "disk", "rings_double", "bullseye",
-    "checker_coarse", "checker_fine", "checker_diamond", "dots", "blobs",
-    "glyph_plus", "glyph_cross", "glyph_t", "glyph_asterisk", "glyph_h",
+SUPERCLASS_NAMES: tuple[str, ...] = ("stripes", "dots", "speckle", "flat")
+# Five silhouettes per superclass, in superclass order; similar outlines sit in different
+# superclasses, so the texture, not the outline, is what the classes of a superclass share.
+SHAPES: tuple[str, ...] = (
+    "disk", "square", "plus", "crescent", "bowtie",
+    "hexagon", "triangle", "ring", "l_shape", "quarter",
+    "ellipse", "star", "frame", "t_shape", "pair",
+    "half_disk", "diamond", "trefoil", "bar", "semi_ring",
 )
+CLASS_NAMES: tuple[str, ...] = tuple(f"{SUPERCLASS_NAMES[i // CLASSES_PER_SUPERCLASS]}_{shape}"
+                                     for i, shape in enumerate(SHAPES))
 SUPERCLASS_OF: tuple[int, ...] = tuple(c // CLASSES_PER_SUPERCLASS for c in range(NUM_CLASSES))
 # (train, val) images per class for each ``synthetic:<size>`` variant.
 SIZES: dict[str, tuple[int, int]] = {"default": (500, 100), "fast": (60, 20)}
@@ -77,113 +79,93 @@ def _square(wave: Array) -> Array:
     return np.clip(0.5 + 2.0 * wave, 0.0, 1.0)
 
 
-def _local(rng: np.random.Generator, n: int, angle_deg: Array) -> tuple[Array, Array, Array]:
-    """Pixel coordinates rotated by ``angle_deg`` about a random centre; returns (u, v, r)."""
-    cx = IMAGE_SIZE / 2 + _u(rng, n, -5, 5)
-    cy = IMAGE_SIZE / 2 + _u(rng, n, -5, 5)
+def _local(rng: np.random.Generator, n: int, jitter: float = 5.0) -> tuple[Array, Array]:
+    """Pixel coordinates about a random centre, rotated by a random angle; returns (u, v)."""
+    cx = IMAGE_SIZE / 2 + _u(rng, n, -jitter, jitter)
+    cy = IMAGE_SIZE / 2 + _u(rng, n, -jitter, jitter)
     x, y = _XX - cx, _YY - cy
-    th = np.deg2rad(angle_deg)
-    u = x * np.cos(th) + y * np.sin(th)
-    v = -x * np.sin(th) + y * np.cos(th)
-    return u, v, np.hypot(x, y)
+    th = _u(rng, n, 0, 2 * np.pi)
+    return x * np.cos(th) + y * np.sin(th), -x * np.sin(th) + y * np.cos(th)
 
 
-def _window(rng: np.random.Generator, n: int, r: Array) -> Array:
-    """Soft disk window of random radius: textures are patches, not full-frame fills."""
-    return _soft(r - _u(rng, n, 10, 16))
+# --- textures (superclass) -----------------------------------------------------------------
+
+def _texture(kind: str, rng: np.random.Generator, n: int) -> Array:
+    """A full-frame texture mask in [0, 1] with random orientation, scale and phase."""
+    u, v = _local(rng, n, jitter=16.0)
+    if kind == "stripes":
+        return _square(np.sin(2 * np.pi * u / _u(rng, n, 5.0, 6.5)))
+    if kind == "dots":
+        p = _u(rng, n, 5.0, 6.5)
+        du, dv = (u / p % 1.0 - 0.5) * p, (v / p % 1.0 - 0.5) * p
+        return _soft(np.hypot(du, dv) - 0.38 * p)
+    if kind == "speckle":  # aperiodic grain at the pixel scale: no period, no orientation
+        return (rng.random(u.shape) < 0.5).astype(np.float32)
+    return np.ones(u.shape, np.float32)
 
 
-def _stripes(angles: tuple[float, ...], period: tuple[float, float]) -> Renderer:
-    """Square-wave grating varying along one of ``angles`` (0 = vertical stripes)."""
+# --- silhouettes (class) -------------------------------------------------------------------
+
+def _box(u: Array, v: Array, cu: float, cv: float, hu: float, hv: float) -> Array:
+    """Signed distance (approximate outside corners) to an axis-aligned box."""
+    return np.maximum(np.abs(u - cu) - hu, np.abs(v - cv) - hv)
+
+
+def _polygon(u: Array, v: Array, k: int, inradius: Array) -> Array:
+    sector = (np.arctan2(v, u) % (2 * np.pi / k)) - np.pi / k
+    return np.hypot(u, v) * np.cos(sector) - inradius
+
+
+def _silhouette(shape: str, u: Array, v: Array, R: Array) -> Array:
+    """Signed distance to ``shape`` of size ``R`` in local coordinates (negative inside)."""
+    r, theta = np.hypot(u, v), np.arctan2(v, u)
+    table: dict[str, Callable[[], Array]] = {
+        "disk": lambda: r - R,
+        "square": lambda: _polygon(u, v, 4, 0.75 * R),
+        "hexagon": lambda: _polygon(u, v, 6, 0.85 * R),
+        "triangle": lambda: _polygon(u, v, 3, 0.55 * R),
+        "ring": lambda: np.abs(r - 0.72 * R) - 0.28 * R,
+        "half_disk": lambda: np.maximum(r - 1.1 * R, -u),
+        "semi_ring": lambda: np.maximum(np.abs(r - 0.75 * R) - 0.28 * R, -u),
+        "quarter": lambda: np.maximum(r - 1.3 * R, np.maximum(-u, -v)),
+        "ellipse": lambda: (np.hypot(u / R, v / (0.5 * R)) - 1.0) * 0.5 * R,
+        "bar": lambda: _box(u, v, 0, 0, R, 0.35 * R),
+        "diamond": lambda: (np.abs(u) / R + np.abs(v) / (0.55 * R) - 1.0) * 0.5 * R,
+        "plus": lambda: np.minimum(_box(u, v, 0, 0, R, 0.3 * R), _box(u, v, 0, 0, 0.3 * R, R)),
+        "t_shape": lambda: np.minimum(_box(u, v, 0, -0.65 * R, R, 0.35 * R), _box(u, v, 0, 0, 0.35 * R, R)),
+        "l_shape": lambda: np.minimum(_box(u, v, -0.65 * R, 0, 0.35 * R, R), _box(u, v, 0, 0.65 * R, R, 0.35 * R)),
+        "frame": lambda: np.maximum(np.maximum(np.abs(u), np.abs(v)) - 0.8 * R,
+                                    0.42 * R - np.maximum(np.abs(u), np.abs(v))),
+        "pair": lambda: np.minimum(np.hypot(u - 0.55 * R, v), np.hypot(u + 0.55 * R, v)) - 0.45 * R,
+        "crescent": lambda: np.maximum(r - R, 0.85 * R - np.hypot(u - 0.5 * R, v)),
+        "bowtie": lambda: np.maximum(np.abs(v) - 0.8 * np.abs(u), np.abs(u) - R),
+        "star": lambda: r - R * (0.62 + 0.38 * np.cos(5 * theta)),
+        "trefoil": lambda: r - R * (0.6 + 0.4 * np.cos(3 * theta)),
+    }
+    return table[shape]()
+
+
+def _area_scale(shape: str) -> float:
+    """Size factor that gives ``shape`` the area of a disk (clipped to 0.8-1.4), so that the
+    amount of texture does not tell the class: only the outline does."""
+    g = np.linspace(-3, 3, 241, dtype=np.float32)
+    u, v = np.meshgrid(g, g)
+    area = float((_silhouette(shape, u, v, np.float32(1.0)) < 0).mean()) * 36.0
+    return float(np.clip(np.sqrt(np.pi / area), 0.8, 1.4))
+
+
+def _renderer(texture: str, shape: str) -> Renderer:
+    scale = _area_scale(shape)
+
     def render(rng: np.random.Generator, n: int) -> Array:
-        base = rng.choice(np.asarray(angles, np.float32), size=(n, 1, 1))
-        u, _, r = _local(rng, n, base + _u(rng, n, -8, 8))
-        phase = _u(rng, n, 0, 2 * np.pi)
-        return _square(np.sin(2 * np.pi * u / _u(rng, n, *period) + phase)) * _window(rng, n, r)
+        u, v = _local(rng, n)
+        R = _u(rng, n, 8.5, 11.5) * scale
+        return _soft(_silhouette(shape, u, v, R)) * _texture(texture, rng, n)
     return render
 
 
-def _rings(kind: str) -> Renderer:
-    """Round shapes: ring count and thickness decide the class."""
-    def render(rng: np.random.Generator, n: int) -> Array:
-        _, _, r = _local(rng, n, np.zeros((n, 1, 1), np.float32))
-        if kind == "thin":
-            return _soft(np.abs(r - _u(rng, n, 6, 12)) - 0.8)
-        if kind == "thick":
-            return _soft(np.abs(r - _u(rng, n, 8, 12)) - 2.5)
-        if kind == "disk":
-            return _soft(r - _u(rng, n, 6, 11))
-        big = _u(rng, n, 9, 13)
-        if kind == "double":
-            return np.maximum(_soft(np.abs(r - big) - 0.8), _soft(np.abs(r - 0.5 * big) - 0.8))
-        return _square(np.cos(2 * np.pi * r / _u(rng, n, 3.2, 4.0))) * _soft(r - big)
-    return render
-
-
-def _checker(angle: float, cell: tuple[float, float]) -> Renderer:
-    """Checkerboard with cell size ``cell`` px, rotated by ``angle`` (+-8 degrees jitter)."""
-    def render(rng: np.random.Generator, n: int) -> Array:
-        u, v, r = _local(rng, n, angle + _u(rng, n, -8, 8))
-        c = _u(rng, n, *cell)
-        wave = np.sin(np.pi * u / c + _u(rng, n, 0, 6.3)) * np.sin(np.pi * v / c + _u(rng, n, 0, 6.3))
-        return _square(wave) * _window(rng, n, r)
-    return render
-
-
-def _dots(rng: np.random.Generator, n: int) -> Array:
-    """Polka dots: disks of radius 0.28 * lattice period on a square lattice."""
-    u, v, r = _local(rng, n, _u(rng, n, -8, 8))
-    p = _u(rng, n, 5, 7)
-    du = ((u / p + _u(rng, n, 0, 1)) % 1.0 - 0.5) * p
-    dv = ((v / p + _u(rng, n, 0, 1)) % 1.0 - 0.5) * p
-    return _soft(np.hypot(du, dv) - 0.28 * p) * _window(rng, n, r)
-
-
-def _blobs(rng: np.random.Generator, n: int) -> Array:
-    """Irregular blobs: thresholded 5x5 Gaussian noise upsampled bilinearly."""
-    coarse = torch.from_numpy(rng.standard_normal((n, 1, 5, 5)).astype(np.float32))
-    fine = F.interpolate(coarse, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                         align_corners=False)[:, 0].numpy()
-    _, _, r = _local(rng, n, np.zeros((n, 1, 1), np.float32))
-    return _square(fine) * _window(rng, n, r)
-
-
-_S = 0.7071
-_GLYPHS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
-    # Segments (x0, y0, x1, y1) in arm-length units, y pointing down.
-    "plus": ((-1, 0, 1, 0), (0, -1, 0, 1)),
-    "cross": ((-_S, -_S, _S, _S), (-_S, _S, _S, -_S)),
-    "t": ((-1, -1, 1, -1), (0, -1, 0, 1)),
-    "asterisk": ((0, -1, 0, 1), (-0.866, -0.5, 0.866, 0.5), (-0.866, 0.5, 0.866, -0.5)),
-    "h": ((-1, -1, -1, 1), (1, -1, 1, 1), (-1, 0, 1, 0)),
-}
-
-
-def _glyph(name: str) -> Renderer:
-    """Thin-stroke glyph: union of segments, random arm length, stroke and rotation."""
-    def render(rng: np.random.Generator, n: int) -> Array:
-        u, v, _ = _local(rng, n, _u(rng, n, -10, 10))
-        arm = _u(rng, n, 6, 11)
-        u, v = u / arm, v / arm
-        dist = np.full(u.shape, np.inf, np.float32)
-        for x0, y0, x1, y1 in _GLYPHS[name]:
-            dx, dy = x1 - x0, y1 - y0
-            t = np.clip(((u - x0) * dx + (v - y0) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
-            dist = np.minimum(dist, np.hypot(u - x0 - t * dx, v - y0 - t * dy))
-        return _soft(dist * arm - _u(rng, n, 0.8, 1.3))
-    return render
-
-
-_RENDERERS: tuple[Renderer, ...] = (
-    _stripes((90.0,), (7.0, 9.0)), _stripes((90.0,), (3.5, 4.5)),
-    _stripes((0.0,), (7.0, 9.0)), _stripes((0.0,), (3.5, 4.5)),
-    _stripes((45.0, -45.0), (5.0, 6.5)),
-    _rings("thin"), _rings("thick"), _rings("disk"), _rings("double"), _rings("bullseye"),
-    _checker(0.0, (4.5, 6.0)), _checker(0.0, (2.4, 3.0)), _checker(45.0, (3.5, 4.5)),
-    _dots, _blobs,
-    _glyph("plus"), _glyph("cross"), _glyph("t"), _glyph("asterisk"), _glyph("h"),
-)
-assert len(_RENDERERS) == len(CLASS_NAMES) == NUM_CLASSES
+_RENDERERS: tuple[Renderer, ...] = tuple(_renderer(SUPERCLASS_NAMES[SUPERCLASS_OF[c]], SHAPES[c])
+                                         for c in range(NUM_CLASSES))
 
 
 def _colours(rng: np.random.Generator, n: int) -> tuple[Array, Array]:

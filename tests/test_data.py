@@ -146,6 +146,15 @@ def test_validation_is_not_augmented(fast) -> None:
                    for t in fast.val.transform.transforms)
 
 
+def test_train_probe_is_the_training_set_without_augmentation(fast) -> None:
+    """Class-mean features (feature_ari, --init-groups cluster) are measured on it."""
+    probe = fast.train_probe
+    assert probe is not None and len(probe) == len(fast.train)
+    assert torch.equal(probe.labels, fast.train.labels) and torch.equal(probe.images, fast.train.images)
+    assert torch.equal(probe[5][0], probe[5][0])
+    assert not any(isinstance(t, (T.RandomCrop, T.RandomHorizontalFlip)) for t in probe.transform.transforms)
+
+
 @pytest.mark.parametrize("size, pad", [((3, 32, 32), 4), ((1, 16, 16), 2), ((3, 224, 224), 28)])
 def test_crop_padding_scales_with_size(size, pad) -> None:
     crop = [t for t in load_data("digits", size).train.transform.transforms

@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from splitc.analysis import analyse
 from splitc.assign import AssignmentSet
 from splitc.checkpoint import load_checkpoint, save_checkpoint
+from splitc.cluster import adjusted_rand_index
 from splitc.errors import SplitcError
 from splitc.learn import LearnConfig, LearnResult, learn
+from splitc.learn_groups import (
+    INIT_CONFIDENCE,
+    class_groups,
+    cluster_classes,
+    init_class_assignment,
+    split_input_layer,
+)
 from splitc.scope import make_spec
 from splitc.simplex import is_on_simplex
 
@@ -114,6 +124,7 @@ def test_same_seed_same_losses_and_exact_resume(tmp_path: Path, base_run: LearnR
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
     resumed = run(tmp_path, "killed", resume=True)
     assert resumed.steps == 6
+    assert resumed.feature_ari == base_run.feature_ari  # measured once, carried by the checkpoint
     rows = steps(resumed.run_dir)
     assert [m["step"] for m in rows] == list(range(1, 7))
     assert [m["loss"] for m in rows] == base_losses
@@ -249,3 +260,108 @@ def test_overlap_freezes_crisp_spaces_only(tmp_path: Path) -> None:
     assert state.frozen == (crisp,)
     assert not state.aset.by_space[str(crisp)].alpha.requires_grad
     assert state.aset.by_space[str(uniform)].alpha.requires_grad
+
+
+def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> None:
+    """METHOD.md §8's reference: the clustering of split-input class means, after the warm-up."""
+    assert base_run.feature_ari is not None and -1.0 <= base_run.feature_ari <= 1.0
+    ends = [m for m in metrics(base_run.run_dir) if m["kind"] == "warmup_end"]
+    assert len(ends) == 1 and ends[0]["step"] == 3 and ends[0]["feature_ari"] == base_run.feature_ari
+    doc = json.loads((base_run.run_dir / "assignment.json").read_text())
+    assert doc["feature_ari"] == base_run.feature_ari and doc["init_groups"] == "learned"
+    assert sorted(Counter(doc["feature_groups"].values()).values()) == [5, 5, 5, 5]
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory) -> LearnResult:
+    """``--init-groups cluster`` with a soft phase: warm-up 3 steps, then R_D ramps over 3."""
+    return run(tmp_path_factory.mktemp("cluster"), "cluster", init_groups="cluster", soft_epochs=0.04,
+               max_steps=8)
+
+
+def test_cluster_init_starts_the_class_map_from_the_features(cluster_run: LearnResult) -> None:
+    doc = json.loads((cluster_run.run_dir / "assignment.json").read_text())
+    assert doc["init_groups"] == "cluster"
+    assert doc["class_groups"] == doc["feature_groups"]  # five regularised steps cannot undo it
+    assert cluster_run.superclass_ari == pytest.approx(cluster_run.feature_ari)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"init_groups": "kmeans"}, "--init-groups"),
+    ({"init_groups": "cluster", "assign": "random"}, "--init-groups cluster"),
+    ({"assign_optimizer": "rmsprop"}, "--assign-optimizer"),
+])
+def test_bad_options_fail_in_one_line(tmp_path: Path, changes: dict, match: str) -> None:
+    with pytest.raises(SplitcError, match=match) as exc:
+        run(tmp_path, "bad", **changes)
+    one_line(exc)
+
+
+def test_disjoint_ramp_during_the_soft_phase(cluster_run: LearnResult) -> None:
+    """With a soft phase, R_D enters the loss at 0 and reaches gamma_d only afterwards."""
+    rows = steps(cluster_run.run_dir)[3:]
+    gammas = [(m["loss"] - m["ce"] - m["R_W"] - 10 * m["R_E"]) / m["R_D"] for m in rows]
+    assert gammas == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0], abs=1e-3)
+
+
+def test_split_input_is_the_first_cut_layer_input() -> None:
+    deep = analyse("resnet20", make_spec("4", split_depth="7"), 20, (3, 32, 32))
+    assert split_input_layer(deep.ir, deep.scope).name in ("layer3.0.conv1", "layer3.0.downsample.0")
+    fc_only = analyse("resnet20", make_spec("4"), 20, (3, 32, 32))
+    assert split_input_layer(fc_only.ir, fc_only.scope).name == "fc"
+
+
+def test_hierarchical_clustering_nests() -> None:
+    rng = np.random.default_rng(0)
+    means = np.repeat(rng.normal(size=(4, 16)), 3, axis=0) + 0.05 * rng.normal(size=(12, 16))
+    fine = cluster_classes(means, (2, 4))
+    assert np.bincount(fine).tolist() == [3, 3, 3, 3]
+    assert np.bincount(fine // 2).tolist() == [6, 6]  # each supergroup holds two whole groups
+    assert adjusted_rand_index(np.repeat(np.arange(4), 3), fine) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["softmax", "reduced-gradient"])
+def test_init_class_assignment(kind: str) -> None:
+    analysis = analyse("resnet20", make_spec("4"), 20, (3, 32, 32))
+    aset = AssignmentSet.create(analysis.ir, analysis.scope, kind)
+    labels = np.arange(20) % 4
+    init_class_assignment(aset, analysis.ir, labels)
+    A = aset.matrix(analysis.ir.class_space).detach()
+    assert is_on_simplex(A, 1e-5) and float(A.max()) == pytest.approx(INIT_CONFIDENCE)
+    groups = class_groups(aset, analysis.ir, [str(c) for c in range(20)])
+    assert list(groups.values()) == labels.tolist()
+
+
+def test_cli_reports_feature_ari_and_takes_init_groups(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from splitc.cli import main
+
+    args = ["learn", "resnet20", "--data", "synthetic:fast", "--max-steps", "4", "--warmup-epochs", "0.02",
+            "--init-groups", "cluster", "--soft-epochs", "0.02", "--out", str(tmp_path / "r"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["feature_ari"] is not None and summary["superclass_ari"] == pytest.approx(summary["feature_ari"])
+
+
+ACCEPTANCE = ["learn", "resnet20", "--data", "synthetic", "--groups", "4", "--split-depth", "7", "--json"]
+
+
+@pytest.mark.slow
+def test_acceptance_semantic_grouping(tmp_path: Path) -> None:
+    """Issue 3, acceptance 3 (the README's command): the learned class groups are the synthetic
+    superclasses (ARI >= 0.9, and no worse than the feature clustering's) within 10 minutes."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "splitc.cli", *ACCEPTANCE, "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=1200)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["superclass_ari"] >= 0.9, summary
+    assert summary["superclass_ari"] >= summary["feature_ari"] - 0.05, summary
+    assert elapsed < 600, f"took {elapsed:.0f} s"

@@ -1,0 +1,88 @@
+"""Optimizers and schedules of ``splitc learn`` (METHOD.md §5, §8).
+
+Why the assignments get their own optimizer: the gradients that reach the assignment logits are
+tiny (1e-5 to 1e-7, because R_D, R_E and R_W are normalised by channel counts and weight
+energy), so plain SGD at the weights' rate never leaves the uniform point, and a fixed
+multiplier large enough to move the smallest of them overshoots on the largest. Adam rescales
+each logit's step by its own gradient history, so one rate works for the 20-node class space
+and for 64-node channel spaces alike. The reduced-gradient kind keeps its own optimizer, which
+is exact on the simplex.
+
+The soft phase (``soft_epochs``, off by default): R_D can ramp in after the warm-up, so that it
+does not harden the groups from the initial noise before R_W has a say (METHOD.md §8). On the
+synthetic data it did not help: R_W and R_E alone are minimised at the uniform point, which
+Adam reaches, so the ramp erased the noise and any ``--init-groups cluster`` start alike (class
+ARI fell from 1.0 to 0.15), and the grouping was again decided when R_D arrived (0.08).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .assign import AssignmentSet
+from .simplex import ReducedGradient
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .learn import LearnConfig
+
+ASSIGN_OPTIMIZERS = ("adam", "sgd")
+ADAM_EPS = 1e-12  # far below the smallest assignment gradients, so Adam's step stays scale-free
+
+
+def make_optimizers(config: LearnConfig, model: nn.Module, aset: AssignmentSet) -> dict[str, torch.optim.Optimizer]:
+    """Weights: SGD with momentum and weight decay. Assignments: ``lr * assign_lr_mult`` and no
+    decay (decay would pull softmax logits back to the uniform point); none for ``random``."""
+    weights = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
+                              weight_decay=config.weight_decay)
+    opts: dict[str, torch.optim.Optimizer] = {"weights": weights}
+    params = list(aset.parameters())
+    rate = config.lr * config.assign_lr_mult
+    if params and config.assign == "reduced-gradient":
+        opts["assign"] = ReducedGradient(params, lr=rate)
+    elif params and config.assign_optimizer == "adam":
+        opts["assign"] = torch.optim.Adam(params, lr=rate, eps=ADAM_EPS)
+    elif params:
+        opts["assign"] = torch.optim.SGD(params, lr=rate, momentum=0.9, weight_decay=0.0)
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return opts
+
+
+def lr_factor(schedule: str, step: int, total: int, ramp_steps: int = 0) -> float:
+    """Step: ×0.1 at 50% and again at 75% of the run. Cosine: half a cosine from 1 to 0.
+
+    The first ``ramp_steps`` rise linearly to the schedule (a learning-rate warm-up): at the full
+    rate from the first step, resnet20 sat at chance for over an epoch on the synthetic data.
+    """
+    t = step / max(1, total)
+    ramp = min(1.0, (step + 1) / ramp_steps) if ramp_steps > 0 else 1.0
+    if schedule == "step":
+        return ramp * 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return ramp * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], schedule: str, step: int, total: int,
+           ramp_steps: int = 0) -> float:
+    """Apply the schedule to the weights' optimizer; return the factor.
+
+    The assignments keep their base rate: they only start after the warm-up, and a schedule
+    that decays to zero froze the channel spaces half-formed (mean top probability 0.3-0.6
+    after 10 epochs), so the harden step would cut by argmaxes of near-uniform columns.
+    """
+    factor = lr_factor(schedule, step, total, ramp_steps)
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * (factor if name == "weights" else 1.0)
+    return factor
+
+
+def disjoint_ramp(step: int, warmup_steps: int, soft_steps: int) -> float:
+    """The share of γ_D in force at ``step``: 0 at the end of the warm-up, 1 after the soft phase."""
+    if soft_steps <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (step - warmup_steps) / soft_steps))
