@@ -1,6 +1,6 @@
 """Baseline vs SplitNet vs SplitNet-Random at equal total epochs (issue 4, acceptance 7).
 
-    .venv/bin/python benchmarks/end_to_end.py [--data synthetic] [--learn-epochs 20]
+    .venv/bin/python benchmarks/end_to_end.py [--data synthetic] [--learn-epochs 10] [--warmup-epochs 3] [--init-groups learned]
         [--finetune-epochs 10] [--groups 4] [--split-from layer3] [--out runs/e2e]
 
 - baseline: a plain resnet20 trained for learn + finetune epochs (no assignments);
@@ -66,6 +66,7 @@ def split_net(args: argparse.Namespace, assign: str) -> dict:
     out = Path(args.out) / assign
     result = learn(LearnConfig(model=args.model, data=args.data, groups=str(args.groups),
                                split_from=args.split_from, assign=assign, epochs=args.learn_epochs,
+                               warmup_epochs=args.warmup_epochs, init_groups=args.init_groups,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=str(out / "run")))
     summary = run_split(out / "run", out / "split")
     tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=args.data, epochs=args.finetune_epochs,
@@ -83,8 +84,10 @@ def main() -> None:
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--split-from", default="layer3")
-    parser.add_argument("--learn-epochs", type=int, default=20)
+    parser.add_argument("--learn-epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--warmup-epochs", type=float, default=3.0)
+    parser.add_argument("--init-groups", default="learned", choices=["learned", "cluster"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)

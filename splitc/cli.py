@@ -100,8 +100,13 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--gamma-w", type=float, default=1.0, show_default=True)
 @click.option("--gamma-d", type=float, default=1.0, show_default=True)
 @click.option("--gamma-e", type=float, default=10.0, show_default=True)
+@click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+              help="Optimizer of softmax assignment logits (default adam).")
 @click.option("--assign-lr-mult", type=float, default=None, help="LR multiplier for assignments.")
 @click.option("--warmup-epochs", type=float, default=None, help="Epochs before the regularizers start.")
+@click.option("--soft-epochs", type=float, default=None,
+              help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
+@click.option("--lr-warmup-epochs", type=float, default=None, help="Linear learning-rate warm-up.")
 @click.option("--epochs", type=int, default=None)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=int, default=None)
@@ -140,12 +145,15 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
 
 @main.command()
 @click.option("--out", default="splitc-demo", show_default=True, help="Output folder.")
-@click.option("--fast", is_flag=True, help="Smaller data and fewer steps (about 2 minutes).")
-def demo(out: str, fast: bool) -> None:
-    """Run the pipeline on built-in models and data (for now: the inspect stage)."""
-    from .demo import run_demo
+@click.option("--fast", is_flag=True, help="Tiny data and a few steps (about 2 minutes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object at the end.")
+def demo(out: str, fast: bool, as_json: bool) -> None:
+    """Run the whole pipeline on resnet20 and the built-in synthetic data:
+    inspect, learn, split, finetune, export, run, verify, bench, report."""
+    from .demo import render_summary, run_demo
 
-    run_demo(out, fast)
+    summary = run_demo(out, fast, progress=not as_json)
+    click.echo(json.dumps(summary) if as_json else render_summary(summary))
 
 
 @main.command()
@@ -181,18 +189,35 @@ def split(run_dir: str, out: str, overlap, as_json: bool) -> None:
 
 @main.command()
 @click.argument("split_dir")
+@click.option("--split-dir", "source", default=None,
+              help="For an artifact directory: the split directory it was exported from (default: the "
+                   "one its manifest names).")
+@click.option("--devices", default=None, help="For an artifact directory: check this placement "
+                                              "(default: the manifest's, plus per-subgraph sessions).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(split_dir: str, as_json: bool) -> None:
-    """Re-check a split directory: the split model against the masked model."""
-    from .split_run import verify_split
+def verify(split_dir: str, source, devices, as_json: bool) -> None:
+    """Re-check a split directory (the split model against the masked model) or an artifact
+    directory from `splitc export` (the ONNX pipeline against the PyTorch split model)."""
+    from pathlib import Path
 
-    result = verify_split(split_dir)
+    if (Path(split_dir) / "manifest.json").is_file():
+        from .export import verify_artifact
+
+        result = verify_artifact(split_dir, source, devices)
+    else:
+        if source or devices:
+            raise SplitcError("--split-dir and --devices apply to an artifact directory (with "
+                              "manifest.json); a split directory is verified without them.")
+        from .split_run import verify_split
+
+        result = verify_split(split_dir)
     if as_json:
         click.echo(json.dumps(result))
     else:
-        status = "ok" if result["ok"] else "FAILED"
-        click.echo(f"{status}: {result['checked']}: max relative error {result['max_rel_err']:.2e} "
-                   f"(tolerance {result['tolerance']:.0e})")
+        for check in result.get("checks", [result]):
+            status = "ok" if check["max_rel_err"] <= result["tolerance"] else "FAILED"
+            click.echo(f"{status}: {check['checked']}: max relative error {check['max_rel_err']:.2e} "
+                       f"(tolerance {result['tolerance']:.0e})")
     if not result["ok"]:
         sys.exit(1)
 
@@ -224,6 +249,31 @@ def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
     else:
         for key, value in asdict(result).items():
             click.echo(f"{key:10s} {value}")
+
+
+from .cli_deploy import register  # noqa: E402  (export, run, bench)
+register(main)
+
+@main.command()
+@click.argument("path", metavar="RUN_DIR|SPLIT_DIR|ART_DIR")
+@click.option("--out", default="report.html", show_default=True, help="HTML file to write.")
+@click.option("--layer", default=None, help="Weight layer of the block-structure figure "
+                                            "(default: the largest block-diagonal layer).")
+@click.option("--separate-images", is_flag=True,
+              help="Write the PNGs into OUT_files/ beside the page instead of embedding them.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def report(path: str, out: str, layer, separate_images: bool, as_json: bool) -> None:
+    """Write an HTML report of a learn run, a split or an export: the class-to-group map, the
+    block structure of a layer's weights, group sizes, per-subgraph costs and training curves."""
+    from .report import write_report
+
+    result = write_report(path, out, layer=layer, separate_images=separate_images, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps({k: result[k] for k in ("report", "kind", "figures", "notes")}))
+        return
+    for note in result["notes"]:
+        click.echo(f"note: not shown: {note}", err=True)
+    click.echo(f"report ({len(result['figures'])} figures) written to {result['report']}")
 
 
 if __name__ == "__main__":  # pragma: no cover
