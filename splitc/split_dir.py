@@ -132,6 +132,7 @@ def load_split(split_dir: str | os.PathLike, weights: str | None = None) -> Load
     analysis = analyse(meta["model"], spec, meta["num_classes"], tuple(meta["input_size"]))
     assignment = assignment_from_meta(analysis, meta, folder)
     _load_into(analysis.gm, folder / UNSPLIT_WEIGHTS, "the unsplit model")
+    analysis.gm.eval()  # inference everywhere after a load; finetune switches to train itself
     compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, assignment)
     if compiled.model.plan.to_dict() != meta["plan"]:
         raise SplitcError(f"{folder}: the split this splitc compiles from {SPLIT_JSON} differs from "
