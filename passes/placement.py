@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from splitc.channel_graph import ChannelGraphBuilder, ChannelIR, LabelInterpreter
+from splitc.channel_graph import ChannelGraphBuilder, ChannelIR, LabelInterpreter, _flat_tensors, _has_tensor
 from splitc.counting import _Placement
 
 
@@ -51,7 +51,7 @@ class _Recorder(LabelInterpreter):
         return out
 
     def _describe(self, out: Any, labels: Any) -> NodeInfo:
-        tensors = _flat(labels) if _has_tensor(out) else []
+        tensors = _flat_tensors(labels) if _has_tensor(out) else []
         if not tensors:
             return NodeInfo(None, None, value=out)
         elems = np.unique(np.concatenate([t.reshape(-1).numpy() for t in tensors]))
@@ -132,20 +132,6 @@ def grid_of(mask: np.ndarray) -> tuple[np.ndarray, ...]:
     if int(np.prod([len(i) for i in index])) != int(mask.sum()):
         raise ValueError("the channels a branch holds do not form a sub-grid of the tensor")
     return index
-
-
-def _has_tensor(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    return isinstance(x, (list, tuple)) and any(_has_tensor(v) for v in x)
-
-
-def _flat(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat(v)]
-    return []
 
 
 def _map(x: Any, fn) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
@@ -387,3 +387,16 @@ def _load_imagefolder(spec: str, path: Path, size: Size, flip: bool) -> DataBund
         superclass_of, superclass_names = _read_hierarchy(path / "hierarchy.json", train.classes)
     probe = _image_folder(path / "train", size, False, flip)
     return DataBundle(train, val, tuple(train.classes), superclass_of, superclass_names, size, spec, probe)
+
+
+def epoch_loader(dataset: Dataset, seed: int, epoch: int, batch_size: int, steps_per_epoch: int,
+                 skip: int = 0) -> DataLoader:
+    """Batches of ``epoch`` in an order fixed by (seed, epoch), minus the first ``skip`` batches
+    already trained before a resume; the last partial batch is dropped so every epoch has equal
+    steps. Shared by learn and finetune, so both resume the same way."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(dataset), generator=gen).tolist()
+    batches = [order[i * batch_size:(i + 1) * batch_size] for i in range(steps_per_epoch)][skip:]
+    # The loader draws a worker seed when iterated; taking it from ``gen`` rather than the global
+    # RNG keeps the augmentation stream the same whether an epoch starts fresh or mid-way.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=gen)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from .data import load_data
+from .data import epoch_loader, load_data
 from .errors import SplitcError
+from .learn_optim import lr_factor
 from .split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, load_split, read_meta, write_json, write_tensors
 
 CHECKPOINT = "finetune.pt"
@@ -89,9 +89,10 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     while step < total:
         epoch = step // steps_per_epoch
         model.train()
-        for x, y in _epoch_batches(bundle.train, config, epoch, step % steps_per_epoch, steps_per_epoch):
+        for x, y in epoch_loader(bundle.train, config.seed, epoch, config.batch_size, steps_per_epoch,
+                                 step % steps_per_epoch):
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * _factor(config.schedule, step, total)
+                group["lr"] = config.lr * lr_factor(config.schedule, step, total)
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -141,22 +142,8 @@ def _check_data(meta: dict[str, Any], bundle, config: FinetuneConfig) -> None:
                           f"({bundle.class_names[0]!r} vs {names[0]!r}); use the data it was learned on.")
 
 
-def _epoch_batches(dataset, config: FinetuneConfig, epoch: int, skip: int, steps_per_epoch: int):
-    gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    order = torch.randperm(len(dataset), generator=gen).tolist()
-    size = config.batch_size
-    batches = [order[i * size:(i + 1) * size] for i in range(steps_per_epoch)][skip:]
-    return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=gen)
-
-
 def _digest(plan: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _factor(schedule: str, step: int, total: int) -> float:
-    if schedule == "step":
-        return 0.1 ** sum(step >= total * f for f in (0.5, 0.75))
-    return 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
 
 
 def _save(folder: Path, identity: dict[str, Any], model, optimizer, step: int) -> None:

@@ -40,7 +40,7 @@ from .assign import (
     splitnet_regularizers,
 )
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from .data import DataBundle, load_data
+from .data import DataBundle, epoch_loader, load_data
 from .errors import SplitcError
 from .learn_groups import (
     class_groups,
@@ -190,15 +190,8 @@ def _setup(config: LearnConfig) -> _Run:
 
 
 def _epoch_loader(run: _Run, epoch: int, skip: int) -> DataLoader:
-    """Batches of ``epoch`` in an order fixed by (seed, epoch), minus the first ``skip`` batches
-    already trained before a resume; drop the last partial batch so every epoch has equal steps."""
-    gen = torch.Generator().manual_seed(run.config.seed * 100_003 + epoch)
-    order = torch.randperm(len(run.bundle.train), generator=gen).tolist()
-    size = run.config.batch_size
-    batches = [order[i * size:(i + 1) * size] for i in range(run.steps_per_epoch)][skip:]
-    # The loader draws a worker seed when iterated; taking it from ``gen`` rather than the global
-    # RNG keeps the augmentation stream the same whether an epoch starts fresh or mid-way.
-    return DataLoader(run.bundle.train, batch_sampler=batches, num_workers=0, generator=gen)
+    return epoch_loader(run.bundle.train, run.config.seed, epoch, run.config.batch_size,
+                        run.steps_per_epoch, skip)
 
 
 def _train(run: _Run, progress: bool) -> None:

@@ -13,13 +13,13 @@ recompute it for other devices from the FLOPs stored here.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .documents import read_document
 from .errors import SplitcError
 from .split_model import TensorRef
 
@@ -122,22 +122,8 @@ class Manifest:
 
 def read_manifest(art_dir: str | os.PathLike) -> Manifest:
     """Parse ``manifest.json``; a missing or foreign file is a one-line error."""
-    folder = Path(art_dir)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise SplitcError(f"artifact directory {folder} does not exist; create it with "
-                          "`splitc export SPLIT_DIR --out DIR`.")
-    if not path.is_file():
-        raise SplitcError(f"{folder} is not an artifact directory (no {MANIFEST}); create one with "
-                          "`splitc export SPLIT_DIR --out DIR`.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SplitcError(f"{path} is corrupt ({exc}); run `splitc export` again.") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise SplitcError(f"{path} has manifest schema {found!r}, this splitc reads schema "
-                          f"{SCHEMA_VERSION}; run `splitc export` again with this version.")
+    path = Path(art_dir) / MANIFEST
+    data = read_document(art_dir, MANIFEST, "artifact directory", "export SPLIT_DIR --out DIR", SCHEMA_VERSION)
     try:
         return manifest_from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .analysis import Analysis, analyse
 from .counting import HardAssignment
+from .documents import read_document
 from .errors import SplitcError
 from .scope import ScopeSpec
 from .split import compile_split
@@ -103,24 +104,10 @@ def _atomic(path: Path, write) -> None:
 
 
 def read_meta(split_dir: str | os.PathLike) -> dict[str, Any]:
-    folder = Path(split_dir)
-    path = folder / SPLIT_JSON
-    if not folder.is_dir():
-        raise SplitcError(f"split directory {folder} does not exist; create it with "
-                          "`splitc split RUN_DIR --out DIR`.")
-    if not path.is_file():
-        raise SplitcError(f"{folder} is not a split directory (no {SPLIT_JSON}); create one with "
-                          "`splitc split RUN_DIR --out DIR`.")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SplitcError(f"{path} is corrupt ({exc}); run `splitc split` again.") from None
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise SplitcError(f"{path} has schema {meta.get('schema')!r}, this splitc reads schema "
-                          f"{SCHEMA_VERSION}; run `splitc split` again with this version.")
+    meta = read_document(split_dir, SPLIT_JSON, "split directory", "split RUN_DIR --out DIR", SCHEMA_VERSION)
     if meta.get("splitc_version") != __version__:
-        raise SplitcError(f"{path} was written by splitc {meta.get('splitc_version')}, this is "
-                          f"splitc {__version__}; run `splitc split` again with this version.")
+        raise SplitcError(f"{Path(split_dir) / SPLIT_JSON} was written by splitc {meta.get('splitc_version')}, "
+                          f"this is splitc {__version__}; run `splitc split` again with this version.")
     return meta
 
 
