@@ -135,7 +135,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
     summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
                "train_acc": result.train_acc, "val_acc": result.val_acc,
                "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
-               "feature_ari": result.feature_ari, "steps": result.steps}
+               "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
+               "steps": result.steps}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -45,6 +45,7 @@ from .errors import SplitcError
 from .learn_groups import (
     class_groups,
     class_space_levels,
+    classifier_energy,
     cluster_classes,
     init_class_assignment,
     space_report,
@@ -111,6 +112,7 @@ class LearnResult:
     superclass_ari: float | None
     feature_ari: float | None       # the clustering reference of METHOD.md §8
     steps: int
+    classifier_energy_ari: float | None = None  # the same clustering of what R_W sees of each class
 
 
 @dataclass
@@ -133,6 +135,7 @@ class _Run:
     probed: bool = False                       # the end-of-warm-up clustering has run
     feature_groups: tuple[int, ...] | None = None
     feature_ari: float | None = None
+    energy_ari: float | None = None
     train_correct: int = 0
     train_seen: int = 0
 
@@ -275,9 +278,13 @@ def _maybe_end_warmup(run: _Run) -> None:
     labels = cluster_classes(means, class_space_levels(scope, ir), seed=run.config.seed)
     run.feature_groups = tuple(int(g) for g in labels)
     run.feature_ari = superclass_ari(run.bundle.superclass_of, labels)
+    energy = cluster_classes(classifier_energy(run.analysis.gm, ir), class_space_levels(scope, ir),
+                             seed=run.config.seed)
+    run.energy_ari = superclass_ari(run.bundle.superclass_of, energy)
     if run.config.init_groups == "cluster":
         init_class_assignment(run.aset, ir, labels)
     _log(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
+               "classifier_energy_ari": run.energy_ari,
                "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
                "init_groups": run.config.init_groups})
 
@@ -340,7 +347,7 @@ def _save(run: _Run) -> Path:
         "model": run.analysis.gm.state_dict(), "assignments": run.aset.state_dict(),
         "optimizers": {k: opt.state_dict() for k, opt in run.optimizers.items()},
         "step": run.step, "epoch": run.step // run.steps_per_epoch, "frozen": list(run.frozen),
-        "probed": run.probed, "feature_ari": run.feature_ari,
+        "probed": run.probed, "feature_ari": run.feature_ari, "classifier_energy_ari": run.energy_ari,
         "feature_groups": list(run.feature_groups) if run.feature_groups is not None else None,
         "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
     })
@@ -363,6 +370,7 @@ def _restore(run: _Run) -> None:
             group["base_lr"] = rate
     run.step, run.train_correct, run.train_seen = ckpt["step"], ckpt["train_correct"], ckpt["train_seen"]
     run.probed, run.feature_ari = bool(ckpt.get("probed", False)), ckpt.get("feature_ari")
+    run.energy_ari = ckpt.get("classifier_energy_ari")
     groups = ckpt.get("feature_groups")
     run.feature_groups = tuple(groups) if groups is not None else None
     trim_metrics(run.run_dir / METRICS, run.step)
@@ -383,9 +391,11 @@ def _finish(run: _Run, val_acc: float) -> LearnResult:
                 else dict(zip(run.bundle.class_names, run.feature_groups)))
     doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
            "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
+           "classifier_energy_ari": run.energy_ari,
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc}
     tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     os.replace(tmp, run.run_dir / ASSIGNMENT)
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
-                       {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step)
+                       {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
+                       run.energy_ari)

@@ -7,7 +7,9 @@ the warm-up a learn run measures the class-mean features at the *split input* (t
 feeds the first layer the split cuts or partitions), clusters the classes by them into balanced
 groups (:mod:`splitc.cluster`), and reports that clustering's ARI against the superclasses
 (``feature_ari``) beside the learned one (``superclass_ari``). ``--init-groups cluster`` starts
-the class assignment from the same clustering.
+the class assignment from the same clustering. ``classifier_energy_ari`` clusters what R_W sees
+of each class instead, its squared classifier weights: where it is low and ``feature_ari`` high,
+the regularizers have no superclass signal to follow even though the features do.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .assign import AssignmentSet
 from .channel_graph import ChannelIR, WeightLayer
 from .cluster import adjusted_rand_index, balanced_spectral_clustering, class_means
 from .passes.harden import fuzzy_nodes
+from .regularizers import weight_energy_matrix
 from .scope import Scope, layer_kind
 from .simplex import SimplexAssignment, SoftmaxAssignment
 
@@ -39,8 +42,7 @@ def split_input_layer(ir: ChannelIR, scope: Scope) -> WeightLayer:
             continue
         if not all(scope.in_branches(int(s)) for s in ir.spaces_of(layer.in_elems)):
             return layer
-    out_space = ir.class_space
-    return next(lay for lay in ir.layers if int(ir.space_of[lay.out_elems[0]]) == out_space)
+    return classifier_layer(ir)
 
 
 class _InputProbe(fx.Interpreter):
@@ -99,6 +101,22 @@ def split_input_class_means(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, dat
             labels.append(torch.as_tensor(y))
     gm.train(was_training)
     return class_means(torch.cat(feats).numpy(), torch.cat(labels).numpy(), num_classes)
+
+
+def classifier_layer(ir: ChannelIR) -> WeightLayer:
+    """The layer whose outputs are the class logits (the class space's producer)."""
+    return next(lay for lay in ir.layers if int(ir.space_of[lay.out_elems[0]]) == ir.class_space)
+
+
+@torch.no_grad()
+def classifier_energy(gm: fx.GraphModule, ir: ChannelIR) -> np.ndarray:
+    """``(num_classes, in)``: each class's squared classifier weights per input channel, which is
+    all that R_W sees of a class (METHOD.md §3). Clustering these rows tells whether the
+    regularizers *can* find the superclasses, beside ``feature_ari`` (whether the features have
+    them): on the synthetic data the features cluster exactly and these energies do not."""
+    layer = classifier_layer(ir)
+    W = gm.get_submodule(layer.name).weight.detach().float().cpu()
+    return weight_energy_matrix(W, layer.conv_groups).t().numpy()
 
 
 def cluster_classes(means: np.ndarray, groups: Sequence[int], seed: int = 0) -> np.ndarray:

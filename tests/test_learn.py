@@ -125,6 +125,7 @@ def test_same_seed_same_losses_and_exact_resume(tmp_path: Path, base_run: LearnR
     resumed = run(tmp_path, "killed", resume=True)
     assert resumed.steps == 6
     assert resumed.feature_ari == base_run.feature_ari  # measured once, carried by the checkpoint
+    assert resumed.classifier_energy_ari == base_run.classifier_energy_ari
     rows = steps(resumed.run_dir)
     assert [m["step"] for m in rows] == list(range(1, 7))
     assert [m["loss"] for m in rows] == base_losses
@@ -270,6 +271,9 @@ def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> Non
     doc = json.loads((base_run.run_dir / "assignment.json").read_text())
     assert doc["feature_ari"] == base_run.feature_ari and doc["init_groups"] == "learned"
     assert sorted(Counter(doc["feature_groups"].values()).values()) == [5, 5, 5, 5]
+    # what R_W sees of each class (its squared classifier weights), clustered the same way
+    assert base_run.classifier_energy_ari is not None and -1.0 <= base_run.classifier_energy_ari <= 1.0
+    assert ends[0]["classifier_energy_ari"] == doc["classifier_energy_ari"] == base_run.classifier_energy_ari
 
 
 @pytest.fixture(scope="module")
