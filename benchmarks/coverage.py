@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import tempfile
@@ -71,6 +72,7 @@ def learn_two_steps(analysis, steps: int = 2):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # gradients and momentum of a 600M-param model are 5 GB
     analysis.gm.eval()
     return aset
 
@@ -102,6 +104,7 @@ def cover(name: str, work: Path) -> dict:
         except SplitcError:
             analysis, start = probe, "the classifier (split-depth 1)"
         row["scope"] = start
+        del probe  # one copy of the weights at a time: the largest models need most of 24 GiB
         aset = learn_two_steps(analysis)
         lap("learn")
         try:
@@ -115,6 +118,8 @@ def cover(name: str, work: Path) -> dict:
                split_err=summary["max_rel_err"])
     if summary["params_reduced_pct"] < 0.05 and not row["note"]:
         row["note"] = unsplit_reason(analysis)
+    del analysis, aset, hard  # export rebuilds the model from the split directory
+    gc.collect()
     export_split(work / "split", work / "onnx", devices="cpu")
     lap("export")
     with runtime.load(work / "onnx") as pipeline:
