@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .channel_graph import ChannelIR, WeightLayer
 from .counting import HardAssignment, balanced_assignment
-from .regularizers import balance_reg, combine_layer_terms, disjoint_reg, group_weight_reg
+from .regularizers import balance_reg, combine_layer_terms, disjoint_reg, group_weight_reg, weight_energy_matrix
 from .scope import Scope, layer_kind
 from .simplex import SimplexAssignment, SoftmaxAssignment
 
@@ -165,15 +165,15 @@ def dense_conv_weight(W: Tensor, conv_groups: int) -> Tensor:
     return dense.reshape(out, conv_groups * in_per, *W.shape[2:])
 
 
-def layer_weight_term(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
-                      layer: WeightLayer, normalize_energy: bool = True) -> Tensor | None:
-    """R_W of one layer, or None when its kind loses no weights (output-partitioned, trunk).
+def _cut_operands(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
+                  layer: WeightLayer) -> tuple[Tensor, Tensor, Tensor, int] | None:
+    """``(W, P, Q, conv_groups)`` of a layer the split cuts, or None when its kind loses no
+    weights (output-partitioned, trunk).
 
     P is read per input *index* (``layer.in_elems``), so a linear after a flatten sees each
     channel's assignment repeated over its H·W features. A ``mixed`` layer (some inputs shared
     trunk channels, e.g. a DenseNet concat) keeps its shared inputs in every branch, so only its
-    in-scope input columns can be cut: R_W applies to that sub-matrix, normalised by the
-    sub-matrix's own energy.
+    in-scope input columns can be cut: W is that sub-matrix.
     """
     if layer_kind(ir, scope, layer) not in _CUT_KINDS:
         return None
@@ -186,8 +186,40 @@ def layer_weight_term(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: A
         groups = 1
     P = assignments.channel_matrix(layer.in_elems[inside], level)
     Q = assignments.channel_matrix(layer.out_elems, level)
-    P, Q = P.to(W.device), Q.to(W.device)
+    return W, P.to(W.device), Q.to(W.device), groups
+
+
+def layer_weight_term(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
+                      layer: WeightLayer, normalize_energy: bool = True) -> Tensor | None:
+    """R_W of one layer, or None when its kind loses no weights (output-partitioned, trunk).
+    A ``mixed`` layer's term covers its in-scope input columns, normalised by their own energy."""
+    operands = _cut_operands(gm, ir, scope, assignments, layer)
+    if operands is None:
+        return None
+    W, P, Q, groups = operands
     return group_weight_reg(W, P, Q, normalize_energy=normalize_energy, conv_groups=groups)
+
+
+@torch.no_grad()
+def cut_energy(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet) -> dict[str, float]:
+    """Per cut layer, the share of its weight energy that lies between the argmax groups: what
+    the split will zero. Near 0 means the run is ready to split; a random assignment of G groups
+    leaves about (G-1)/G. ``"total"`` pools every cut layer's energy."""
+    shares, cut, whole = {}, 0.0, 0.0
+    for layer in ir.layers:
+        operands = _cut_operands(gm, ir, scope, assignments, layer)
+        if operands is None:
+            continue
+        W, P, Q, groups = operands
+        E = weight_energy_matrix(W.detach().float(), groups)
+        between = P.argmax(0)[:, None] != Q.argmax(0)[None, :]
+        layer_cut, layer_all = float(E[between].sum()), float(E.sum())
+        shares[layer.name if layer.name not in shares else f"{layer.name}@{layer.node}"] = (
+            layer_cut / layer_all if layer_all > 0 else 0.0)
+        cut, whole = cut + layer_cut, whole + layer_all
+    if shares:
+        shares["total"] = cut / whole if whole > 0 else 0.0
+    return shares
 
 
 def layer_weight_terms(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,

@@ -100,6 +100,9 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--gamma-w", type=float, default=1.0, show_default=True)
 @click.option("--gamma-d", type=float, default=1.0, show_default=True)
 @click.option("--gamma-e", type=float, default=10.0, show_default=True)
+@click.option("--gamma-d-end", type=float, default=None,
+              help="γ_D rises linearly from --gamma-d to this by the last step (default 10; "
+                   "equal to --gamma-d keeps it constant).")
 @click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer of softmax assignment logits (default adam).")
 @click.option("--assign-lr-mult", type=float, default=None, help="LR multiplier for assignments.")
@@ -136,7 +139,7 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
                "train_acc": result.train_acc, "val_acc": result.val_acc,
                "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
-               "steps": result.steps}
+               "cut_energy": result.cut_energy, "steps": result.steps}
     if as_json:
         click.echo(json.dumps(summary))
     else:

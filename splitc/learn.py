@@ -10,7 +10,9 @@ follow the measured pitfalls of METHOD.md §8 (details in :mod:`splitc.learn_opt
   start of the class map;
 - the assignments get their own optimizer and rate, ``lr * assign_lr_mult``: at the weights'
   rate they never leave the uniform point, where R_D's gradient is zero;
-- R_D ramps in over a soft phase after the warm-up (its limits: :mod:`splitc.learn_optim`);
+- R_D's weight rises from ``gamma_d`` to ``gamma_d_end`` over the run, so that the groups are
+  hard and the weights block-diagonal when the run is split; an optional soft phase ramps it in
+  from 0 first (both in :mod:`splitc.learn_optim`);
 - with an overlap threshold, a space whose nodes are crisp (< 20% fuzzy) is frozen, so it stops
   drifting while the others settle.
 
@@ -36,6 +38,7 @@ from .analysis import Analysis, analyse
 from .assign import (
     ASSIGNMENT_KINDS,
     AssignmentSet,
+    cut_energy,
     splitnet_loss,
     splitnet_regularizers,
 )
@@ -52,7 +55,7 @@ from .learn_groups import (
     split_input_class_means,
     superclass_ari,
 )
-from .learn_optim import ASSIGN_OPTIMIZERS, disjoint_ramp, make_optimizers, set_lr
+from .learn_optim import ASSIGN_OPTIMIZERS, disjoint_weight, make_optimizers, set_lr
 from .passes.harden import fuzzy_nodes
 from .scope import make_spec
 
@@ -79,6 +82,7 @@ class LearnConfig:
     init_groups: str = "learned"    # or "cluster": class groups from the warmed-up features
     gamma_w: float = 1.0
     gamma_d: float = 1.0
+    gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
     gamma_e: float = 10.0
     assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn_optim
     assign_lr_mult: float = 0.5     # Adam on logits: 0.05 per step at lr 0.1 (learn_optim)
@@ -113,6 +117,7 @@ class LearnResult:
     feature_ari: float | None       # the clustering reference of METHOD.md §8
     steps: int
     classifier_energy_ari: float | None = None  # the same clustering of what R_W sees of each class
+    cut_energy: float | None = None  # share of cut layers' weight energy between the argmax groups
 
 
 @dataclass
@@ -227,10 +232,11 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     if regs_on:
         regs = splitnet_regularizers(gm, run.analysis.ir, run.analysis.scope, run.aset)
         cfg = run.config
-        gamma_d = cfg.gamma_d * disjoint_ramp(run.step, run.warmup_steps, run.soft_steps)
+        gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
+                                  cfg.gamma_d, cfg.gamma_d_end)
         loss = splitnet_loss(ce, regs, (cfg.gamma_w, gamma_d, cfg.gamma_e))
     else:
-        regs, loss = {}, ce
+        regs, loss, gamma_d = {}, ce, 0.0
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -243,7 +249,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     run.step += 1
     return {"kind": "step", "step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch,
             "loss": float(loss.detach()), "ce": float(ce.detach()), "acc": correct / len(y), "lr": lr,
-            "regs_on": regs_on, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")}}
+            "regs_on": regs_on, "gamma_d": gamma_d, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")}}
 
 
 def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
@@ -257,10 +263,15 @@ def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
     epoch_end = run.step % run.steps_per_epoch == 0
     if epoch_end:
         _log(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
-                   "train_acc": train_acc(run), "val_acc": evaluate(run), "frozen": list(run.frozen)})
+                   "train_acc": train_acc(run), "val_acc": evaluate(run), "frozen": list(run.frozen),
+                   "cut_energy": _cut_energy(run).get("total")})
     periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
     if (epoch_end or periodic) and run.step < run.total_steps:
         _save(run)
+
+
+def _cut_energy(run: _Run) -> dict[str, float]:
+    return cut_energy(run.analysis.gm, run.analysis.ir, run.analysis.scope, run.aset)
 
 
 def _maybe_end_warmup(run: _Run) -> None:
@@ -385,17 +396,18 @@ def _finish(run: _Run, val_acc: float) -> LearnResult:
     threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
                            s in run.frozen) for s in sorted(soft)]
+    shares = _cut_energy(run)
     mapping = class_groups(run.aset, run.analysis.ir, run.bundle.class_names)
     ari = superclass_ari(run.bundle.superclass_of, None if mapping is None else list(mapping.values()))
     features = (None if run.feature_groups is None
                 else dict(zip(run.bundle.class_names, run.feature_groups)))
     doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
            "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
-           "classifier_energy_ari": run.energy_ari,
+           "classifier_energy_ari": run.energy_ari, "cut_energy": shares,
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc}
     tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     os.replace(tmp, run.run_dir / ASSIGNMENT)
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
-                       run.energy_ari)
+                       run.energy_ari, shares.get("total"))

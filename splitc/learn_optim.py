@@ -8,6 +8,10 @@ each logit's step by its own gradient history, so one rate works for the 20-node
 and for 64-node channel spaces alike. The reduced-gradient kind keeps its own optimizer, which
 is exact on the simplex.
 
+After the warm-up (and the soft phase, if any) γ_D rises linearly to ``gamma_d_end`` (10 by
+default) at the last step, so that every space is hard and the weights block-diagonal by the
+time the run is split (:func:`disjoint_weight`).
+
 The soft phase (``soft_epochs``, off by default): R_D can ramp in after the warm-up, so that it
 does not harden the groups from the initial noise before R_W has a say (METHOD.md §8). On the
 synthetic data it did not help: R_W and R_E alone are minimised at the uniform point, which
@@ -81,8 +85,22 @@ def set_lr(optimizers: dict[str, torch.optim.Optimizer], schedule: str, step: in
     return factor
 
 
-def disjoint_ramp(step: int, warmup_steps: int, soft_steps: int) -> float:
-    """The share of γ_D in force at ``step``: 0 at the end of the warm-up, 1 after the soft phase."""
-    if soft_steps <= 0:
-        return 1.0
-    return min(1.0, max(0.0, (step - warmup_steps) / soft_steps))
+def disjoint_weight(step: int, warmup_steps: int, soft_steps: int, total_steps: int,
+                    gamma_d: float, gamma_d_end: float) -> float:
+    """γ_D in force at ``step``: 0 at the end of the warm-up, ``gamma_d`` after the soft phase, then
+    a straight line to ``gamma_d_end`` at the last step (flat when ``gamma_d_end <= gamma_d``).
+
+    Why it rises: at a constant γ_D = 1 the weights never became block-diagonal within a
+    CPU-sized run (resnet20 on the synthetic data, 3 regularized epochs: 72-77% of each cut
+    layer's weight energy lay between the argmax groups, which is what a random assignment gives,
+    and the channel groups were unbalanced, 18/3/41/2). Rising to 10 made every space crisp and
+    balanced (16-17 channels per group) and left 5-8% of the conv energy between groups.
+    """
+    if step < warmup_steps:
+        return 0.0
+    if soft_steps > 0 and step < warmup_steps + soft_steps:
+        return gamma_d * (step - warmup_steps) / soft_steps
+    start = warmup_steps + max(0, soft_steps)
+    if gamma_d_end <= gamma_d or total_steps <= start:
+        return gamma_d
+    return gamma_d + (gamma_d_end - gamma_d) * min(1.0, (step - start) / (total_steps - start))

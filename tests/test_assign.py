@@ -13,7 +13,7 @@ import torch
 
 from helpers import analyse, randomize
 from splitc import zoo
-from splitc.assign import AssignmentSet, layer_weight_terms, splitnet_loss, splitnet_regularizers
+from splitc.assign import AssignmentSet, cut_energy, layer_weight_terms, splitnet_loss, splitnet_regularizers
 from splitc.counting import balanced_assignment
 from splitc.regularizers import group_weight_reg
 from splitc.scope import ScopeSpec, layer_kind, resolve_scope
@@ -132,6 +132,19 @@ def test_rw_vanishes_on_masked_weights_and_not_on_dense(spec) -> None:
     assert regs["R_W"].item() < 1e-3
     assert regs["R_D"].item() < 1e-6
     assert aset.hard().groups_of_space.keys() == scope.level_of.keys()
+
+
+@pytest.mark.parametrize("spec", [FLAT, HIER])
+def test_cut_energy_is_zero_when_masked_and_near_random_share_when_dense(spec) -> None:
+    """learn's readiness figure: the share of weight energy between the argmax groups."""
+    gm, ir = analyse(randomize(zoo.build("resnet20", num_classes=10), seed=3), (3, 32, 32))
+    scope = resolve_scope(ir, spec)
+    aset = one_hot_set(ir, scope, seed=6)
+    dense = cut_energy(gm, ir, scope, aset)
+    assert set(dense) == {layer.name for layer, _ in layer_weight_terms(gm, ir, scope, aset)} | {"total"}
+    assert 0.3 < dense["total"] < 0.9  # random weights: about (G-1)/G of the energy is between groups
+    mask_block_diagonal(gm, ir, scope, aset.hard())
+    assert all(v < 1e-9 for v in cut_energy(gm, ir, scope, aset).values())
 
 
 def test_rw_vanishes_on_masked_grouped_conv() -> None:

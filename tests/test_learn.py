@@ -19,6 +19,7 @@ from splitc.checkpoint import load_checkpoint, save_checkpoint
 from splitc.cluster import adjusted_rand_index
 from splitc.errors import SplitcError
 from splitc.learn import LearnConfig, LearnResult, learn
+from splitc.learn_optim import disjoint_weight
 from splitc.learn_groups import (
     INIT_CONFIDENCE,
     class_groups,
@@ -274,6 +275,9 @@ def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> Non
     # what R_W sees of each class (its squared classifier weights), clustered the same way
     assert base_run.classifier_energy_ari is not None and -1.0 <= base_run.classifier_energy_ari <= 1.0
     assert ends[0]["classifier_energy_ari"] == doc["classifier_energy_ari"] == base_run.classifier_energy_ari
+    # how ready the run is to split: per cut layer, and pooled in the summary
+    assert doc["cut_energy"]["total"] == pytest.approx(base_run.cut_energy) and 0 <= base_run.cut_energy <= 1
+    assert "fc" in doc["cut_energy"]
 
 
 @pytest.fixture(scope="module")
@@ -302,10 +306,20 @@ def test_bad_options_fail_in_one_line(tmp_path: Path, changes: dict, match: str)
 
 
 def test_disjoint_ramp_during_the_soft_phase(cluster_run: LearnResult) -> None:
-    """With a soft phase, R_D enters the loss at 0 and reaches gamma_d only afterwards."""
+    """With a soft phase, R_D enters the loss at 0, reaches gamma_d, then rises to gamma_d_end
+    (10) at the last step: steps 3-5 soft, 6-7 the rise over the remaining two steps."""
     rows = steps(cluster_run.run_dir)[3:]
     gammas = [(m["loss"] - m["ce"] - m["R_W"] - 10 * m["R_E"]) / m["R_D"] for m in rows]
-    assert gammas == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0], abs=1e-3)
+    assert gammas == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 5.5], abs=1e-3)
+    assert [m["gamma_d"] for m in rows] == pytest.approx(gammas, abs=1e-3)
+
+
+def test_disjoint_weight_schedule() -> None:
+    """0 in the warm-up, then gamma_d, rising linearly to gamma_d_end at the last step."""
+    weight = [disjoint_weight(s, 10, 0, 20, 1.0, 10.0) for s in (0, 9, 10, 15, 20)]
+    assert weight == pytest.approx([0.0, 0.0, 1.0, 5.5, 10.0])
+    assert disjoint_weight(15, 10, 0, 20, 2.0, 2.0) == 2.0  # end == start: constant, the paper's
+    assert disjoint_weight(12, 10, 4, 20, 1.0, 10.0) == pytest.approx(0.5)  # soft phase first
 
 
 def test_split_input_is_the_first_cut_layer_input() -> None:
