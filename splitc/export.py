@@ -223,7 +223,7 @@ def fuse(folder: Path, entries: Sequence[SubgraphEntry], name: str) -> GraphEntr
     model.ir_version = ir_version
     path = folder / name
     Path(f"{path}.data").unlink(missing_ok=True)
-    big = sum(e.graph.files[0].bytes for e in entries) >= EMBED_LIMIT
+    big = sum(f.bytes for e in entries for f in e.graph.files) >= EMBED_LIMIT  # .onnx and .onnx.data
     onnx.save(model, str(path), save_as_external_data=big, location=f"{name}.data" if big else None)
     files = [file_entry(folder, name)] + ([file_entry(folder, f"{name}.data")] if big else [])
     return GraphEntry(tuple(files), (TensorInfo("input", first.inputs[0].shape, first.inputs[0].dtype),),

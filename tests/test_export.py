@@ -176,3 +176,19 @@ def test_fused_graph_is_one_valid_onnx_model(tiny) -> None:
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
     assert model.opset_import[0].version >= 18
+
+
+def test_weights_past_the_embed_limit_go_to_side_files(tmp_path: Path, monkeypatch) -> None:
+    """Large models (the 600M-parameter torchvision ones) keep weights in ``.onnx.data`` files;
+    the fused graph, composed from such parts, must do the same (it cannot exceed protobuf's 2 GB)
+    and still equal the split model. The limit is lowered so that a small model takes that path."""
+    import splitc.export as export_module
+
+    monkeypatch.setattr(export_module, "EMBED_LIMIT", 1 << 16)
+    random_split("resnet20", ScopeSpec((2,), split_from=("layer3",)), tmp_path / "split", num_classes=10,
+                 seed=int.from_bytes(os.urandom(2), "little"))
+    manifest, _ = export_split(tmp_path / "split", tmp_path / "onnx", "cpu")
+    assert [f.path for f in manifest.fused.files] == ["fused.onnx", "fused.onnx.data"]
+    assert any(len(s.graph.files) == 2 for s in manifest.subgraphs)
+    result = verify_artifact(tmp_path / "onnx")
+    assert result["ok"] and result["max_rel_err"] <= TOL, result
