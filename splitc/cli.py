@@ -139,7 +139,7 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
                "train_acc": result.train_acc, "val_acc": result.val_acc,
                "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
-               "cut_energy": result.cut_energy, "steps": result.steps}
+               "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -278,6 +278,7 @@ def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> Non
     # how ready the run is to split: per cut layer, and pooled in the summary
     assert doc["cut_energy"]["total"] == pytest.approx(base_run.cut_energy) and 0 <= base_run.cut_energy <= 1
     assert "fc" in doc["cut_energy"]
+    assert doc["masked_val_acc"] == base_run.masked_val_acc and 0 <= base_run.masked_val_acc <= 1
 
 
 @pytest.fixture(scope="module")
