@@ -128,9 +128,28 @@ def cover(name: str, work: Path) -> dict:
     verified = verify_artifact(work / "onnx")
     lap("verify")
     row["onnx_err"] = verified["max_rel_err"]
-    if summary["max_rel_err"] > 1e-5 or verified["max_rel_err"] > 1e-4:
-        row["status"] = "mismatch"
+    row["onnx_checks"] = {c["checked"]: c["max_rel_err"] for c in verified["checks"]}
+    row["status"] = status_of(summary["max_rel_err"], verified["checks"])
+    if row["status"] == "ok" and verified["max_rel_err"] > ONNX_TOL:
+        row["note"] = (f"ONNX Runtime's own error on the unsplit model is {verified['checks'][-1]['max_rel_err']:.1e}; "
+                       "the split pipeline stays within twice that")
     return row
+
+
+SPLIT_TOL, ONNX_TOL = 1e-5, 1e-4
+
+
+def status_of(split_err: float, checks: list[dict]) -> str:
+    """ok when the split equals the masked model (PyTorch, <= 1e-5) and the ONNX pipeline equals
+    the split model within 1e-4, or within twice ONNX Runtime's own error on the *unsplit* model
+    when that is larger: very wide models (regnet_y_128gf, 7392-channel convs) pick up more
+    float32 rounding in ORT's kernels than 1e-4 with or without a split, and the split must add
+    nothing beyond it. ``checks[-1]`` is the unsplit check (``verify_artifact``'s order)."""
+    if split_err > SPLIT_TOL:
+        return "mismatch"
+    own = checks[-1]["max_rel_err"]
+    bound = max(ONNX_TOL, 2 * own)
+    return "ok" if own <= 10 * ONNX_TOL and all(c["max_rel_err"] <= bound for c in checks) else "mismatch"
 
 
 def markdown(rows: list[dict], elapsed: float) -> str:

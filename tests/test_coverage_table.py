@@ -37,3 +37,15 @@ def test_later_rows_win_and_unrun_models_are_listed(coverage, tmp_path):
     assert "| alexnet | not run yet (`benchmarks/coverage.py --models alexnet`) |" in text
     assert "| vgg11 | ok (only the classifier splits) | `layer4` | 10.0 | 5.0 |" in text
     assert len(results.read_text().splitlines()) == 3 and json.loads(results.read_text().splitlines()[0])
+
+
+def test_status_blames_the_split_only_for_error_beyond_onnx_runtimes_own(coverage):
+    def checks(*errs):
+        return [{"checked": str(i), "max_rel_err": e} for i, e in enumerate(errs)]  # last: unsplit
+
+    assert coverage.status_of(1e-7, checks(2e-6, 3e-6, 1e-6)) == "ok"
+    assert coverage.status_of(1e-4, checks(2e-6, 3e-6, 1e-6)) == "mismatch"      # split != masked
+    assert coverage.status_of(1e-7, checks(6e-4, 5e-4, 4e-4)) == "ok"            # ORT's own noise
+    assert coverage.status_of(1e-7, checks(2e-3, 5e-4, 4e-4)) == "mismatch"      # beyond twice it
+    assert coverage.status_of(1e-7, checks(3e-4, 1e-6, 1e-6)) == "mismatch"
+    assert coverage.status_of(1e-7, checks(3e-3, 3e-3, 2e-3)) == "mismatch"      # ORT itself is off
