@@ -25,7 +25,9 @@ import argparse
 import datetime
 import gc
 import json
+import multiprocessing as mp
 import os
+import signal
 import tempfile
 import time
 import traceback
@@ -180,6 +182,44 @@ def markdown(rows: list[dict], elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _child(name: str, threads: int | None, conn) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            row = cover(name, Path(tmp))
+        except Exception as exc:  # one line per failure in the table; the run goes on
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            row = {"model": name, "status": f"fail: {type(exc).__name__}: {reason[:160]}", "seconds": {}}
+            traceback.print_exc(limit=2)
+    conn.send(row)
+
+
+def cover_in_child(name: str, threads: int | None) -> dict:
+    """Each model in a fresh process: memory is returned between models, and a model that the
+    kernel kills (out of memory) becomes a row saying so instead of ending the whole run."""
+    parent, child = mp.get_context("spawn").Pipe(duplex=False)
+    proc = mp.get_context("spawn").Process(target=_child, args=(name, threads, child))
+    started = time.perf_counter()
+    proc.start()
+    child.close()
+    try:
+        row = parent.recv()
+    except EOFError:  # the worker died without a row
+        row = None
+    proc.join()
+    if row is None:
+        how = ("killed by SIGKILL: the kernel's out-of-memory killer, unless someone killed it"
+               if proc.exitcode == -signal.SIGKILL else f"worker exited with code {proc.exitcode}")
+        row = {"model": name, "status": f"fail: {how} (peak above {_ram_gib():.0f} GiB RAM)",
+               "seconds": {"until killed": time.perf_counter() - started}}
+    return row
+
+
+def _ram_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def load_results(path: Path) -> dict[str, dict]:
     """Latest row per model from the JSONL results file (later lines win)."""
     rows: dict[str, dict] = {}
@@ -229,13 +269,7 @@ def main() -> None:
     skip = done | set(filter(None, args.exclude.split(",")))
     todo = [name for i, name in enumerate(names) if i % n == k - 1 and name not in skip]
     for i, name in enumerate(todo, 1):
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                row = cover(name, Path(tmp))
-            except Exception as exc:  # one line per failure in the table; the run goes on
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                row = {"model": name, "status": f"fail: {type(exc).__name__}: {reason[:160]}", "seconds": {}}
-                traceback.print_exc(limit=2)
+        row = cover_in_child(name, args.threads)
         row["date"] = str(datetime.date.today())
         append_result(results_path, row)
         total = sum(row["seconds"].values())
