@@ -103,6 +103,9 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--gamma-d-end", type=float, default=None,
               help="γ_D rises linearly from --gamma-d to this by the last step (default 10; "
                    "equal to --gamma-d keeps it constant).")
+@click.option("--gamma-d-rise", type=float, default=None,
+              help="Fraction of the regularized steps over which γ_D rises, then holds (default 1.0; "
+                   "0.5 left the split far more accurate before finetuning in a short run).")
 @click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer of softmax assignment logits (default adam).")
 @click.option("--assign-lr-mult", type=float, default=None, help="LR multiplier for assignments.")

@@ -84,6 +84,7 @@ class LearnConfig:
     gamma_w: float = 1.0
     gamma_d: float = 1.0
     gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
+    gamma_d_rise: float = 1.0       # ... over this fraction of the regularized steps, then holds
     gamma_e: float = 10.0
     assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn_optim
     assign_lr_mult: float = 0.5     # Adam on logits: 0.05 per step at lr 0.1 (learn_optim)
@@ -172,6 +173,8 @@ def _check_config(config: LearnConfig) -> None:
         raise SplitcError(f"unknown --schedule {config.schedule!r}; choose step or cosine.")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
+    if not 0 < config.gamma_d_rise <= 1:
+        raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
     if config.batch_size < 1 or (config.max_steps is not None and config.max_steps < 1):
         raise SplitcError("--batch-size and --max-steps must be at least 1.")
     if config.init_groups not in INIT_GROUPS:
@@ -235,7 +238,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         regs = splitnet_regularizers(gm, run.analysis.ir, run.analysis.scope, run.aset)
         cfg = run.config
         gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
-                                  cfg.gamma_d, cfg.gamma_d_end)
+                                  cfg.gamma_d, cfg.gamma_d_end, cfg.gamma_d_rise)
         loss = splitnet_loss(ce, regs, (cfg.gamma_w, gamma_d, cfg.gamma_e))
     else:
         regs, loss, gamma_d = {}, ce, 0.0

@@ -86,9 +86,15 @@ def set_lr(optimizers: dict[str, torch.optim.Optimizer], schedule: str, step: in
 
 
 def disjoint_weight(step: int, warmup_steps: int, soft_steps: int, total_steps: int,
-                    gamma_d: float, gamma_d_end: float) -> float:
+                    gamma_d: float, gamma_d_end: float, rise_fraction: float = 1.0) -> float:
     """γ_D in force at ``step``: 0 at the end of the warm-up, ``gamma_d`` after the soft phase, then
-    a straight line to ``gamma_d_end`` at the last step (flat when ``gamma_d_end <= gamma_d``).
+    a straight line to ``gamma_d_end``, reached after ``rise_fraction`` of the remaining steps
+    (1.0: at the last step) and held from there (flat when ``gamma_d_end <= gamma_d``).
+
+    An earlier end leaves R_W time to clear the final groups: rising over the first half of the
+    3 regularized epochs of a 4-epoch resnet20 run (split from layer3) gave a split that scored
+    0.676 before finetuning, against 0.135 when rising to the last step (SplitNet-Random, whose
+    groups are fixed from the start: 0.93).
 
     Why it rises: at a constant γ_D = 1 the weights never became block-diagonal within a
     CPU-sized run (resnet20 on the synthetic data, 3 regularized epochs: 72-77% of each cut
@@ -103,4 +109,5 @@ def disjoint_weight(step: int, warmup_steps: int, soft_steps: int, total_steps: 
     start = warmup_steps + max(0, soft_steps)
     if gamma_d_end <= gamma_d or total_steps <= start:
         return gamma_d
-    return gamma_d + (gamma_d_end - gamma_d) * min(1.0, (step - start) / (total_steps - start))
+    span = max(1.0, rise_fraction * (total_steps - start))
+    return gamma_d + (gamma_d_end - gamma_d) * min(1.0, (step - start) / span)

@@ -299,6 +299,7 @@ def test_cluster_init_starts_the_class_map_from_the_features(cluster_run: LearnR
     ({"init_groups": "kmeans"}, "--init-groups"),
     ({"init_groups": "cluster", "assign": "random"}, "--init-groups cluster"),
     ({"assign_optimizer": "rmsprop"}, "--assign-optimizer"),
+    ({"gamma_d_rise": 0.0}, "--gamma-d-rise"),
 ])
 def test_bad_options_fail_in_one_line(tmp_path: Path, changes: dict, match: str) -> None:
     with pytest.raises(SplitcError, match=match) as exc:
@@ -321,6 +322,8 @@ def test_disjoint_weight_schedule() -> None:
     assert weight == pytest.approx([0.0, 0.0, 1.0, 5.5, 10.0])
     assert disjoint_weight(15, 10, 0, 20, 2.0, 2.0) == 2.0  # end == start: constant, the paper's
     assert disjoint_weight(12, 10, 4, 20, 1.0, 10.0) == pytest.approx(0.5)  # soft phase first
+    half = [disjoint_weight(s, 10, 0, 20, 1.0, 10.0, rise_fraction=0.5) for s in (10, 15, 16, 20)]
+    assert half == pytest.approx([1.0, 10.0, 10.0, 10.0])  # reached halfway, then held
 
 
 def test_split_input_is_the_first_cut_layer_input() -> None:
