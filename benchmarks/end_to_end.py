@@ -72,6 +72,7 @@ def split_net(args: argparse.Namespace, assign: str, init_groups: str = "learned
     result = learn(LearnConfig(model=args.model, data=args.data, groups=str(args.groups),
                                split_from=args.split_from, assign=assign, epochs=args.learn_epochs,
                                warmup_epochs=args.warmup_epochs, init_groups=init_groups,
+                               gamma_d_rise=args.gamma_d_rise,
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=str(out / "run")))
     summary = run_split(out / "run", out / "split")
     bundle = load_data(args.data, seed=args.seed)
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--learn-epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--warmup-epochs", type=float, default=3.0)
+    parser.add_argument("--gamma-d-rise", type=float, default=1.0, help="learn's --gamma-d-rise")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
