@@ -54,7 +54,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class FinetuneResult:
     split_dir: str
-    train_acc: float
+    train_acc: float | None  # over this invocation's steps; None when there were none
     val_acc: float
     steps: int
     weights: str
@@ -114,7 +114,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
         bar.set_postfix(val_acc=f"{val:.3f}")
     bar.close()
     val_acc = evaluate(model, bundle.val, device)
-    train_acc = correct / seen if seen else 0.0
+    train_acc = correct / seen if seen else None  # a resumed run that was already complete trained nothing
     write_tensors(folder / FINETUNED_WEIGHTS, model.state_dict())
     write_json(folder / SPLIT_JSON, {**meta, "weights": FINETUNED_WEIGHTS,
                                      "finetune": {**asdict(config), "val_acc": val_acc, "steps": step}})

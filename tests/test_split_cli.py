@@ -65,6 +65,10 @@ def test_verify_then_finetune_then_verify(split_dir: Path, tmp_path: Path) -> No
     assert json.loads((work / SPLIT_JSON).read_text())["weights"] == "finetuned.safetensors"
     result = run("finetune", work, "--data", "synthetic:fast", "--max-steps", "5", "--resume", "--json")
     assert json.loads(result.output)["steps"] == 5   # continued from step 3
+    assert json.loads(result.output)["train_acc"] is not None
+    again = json.loads(run("finetune", work, "--data", "synthetic:fast", "--max-steps", "5", "--resume",
+                           "--json").output)
+    assert again["steps"] == 5 and again["train_acc"] is None  # nothing left to train: no made-up 0.0
     assert json.loads(run("verify", work, "--json").output)["ok"]
 
 
