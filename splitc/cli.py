@@ -147,7 +147,7 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
         click.echo(json.dumps(summary))
     else:
         for key, value in summary.items():
-            click.echo(f"{key:15s} {value}")
+            click.echo(f"{key:21s} {value}")
 
 
 @main.command()
