@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from splitc.analysis import analyse
 from splitc.counting import count
-from splitc.data import load_data
-from splitc.finetune import FinetuneConfig, evaluate, finetune
+from splitc.data import accuracy, load_data
+from splitc.finetune import FinetuneConfig, finetune
 from splitc.learn import LearnConfig, learn
 from splitc.scope import make_spec
 from splitc.split_dir import load_split
@@ -61,7 +61,7 @@ def train_plain(args: argparse.Namespace) -> dict:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     base = count(analysis.ir).baseline
     return {"method": "baseline", "params": base.params, "flops": base.flops,
-            "val_acc": evaluate(model, bundle.val, torch.device("cpu")), "superclass_ari": None}
+            "val_acc": accuracy(model, bundle.val, torch.device("cpu")), "superclass_ari": None}
 
 
 def split_net(args: argparse.Namespace, assign: str, init_groups: str = "learned") -> dict:
@@ -76,7 +76,7 @@ def split_net(args: argparse.Namespace, assign: str, init_groups: str = "learned
                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=str(out / "run")))
     summary = run_split(out / "run", out / "split")
     bundle = load_data(args.data, seed=args.seed)
-    split_before = evaluate(load_split(out / "split").model, bundle.val, torch.device("cpu"))
+    split_before = accuracy(load_split(out / "split").model, bundle.val, torch.device("cpu"))
     tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=args.data, epochs=args.finetune_epochs,
                                     batch_size=args.batch_size, seed=args.seed))
     return {"method": name, "params": summary["params"], "flops": summary["flops"],

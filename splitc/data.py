@@ -400,3 +400,17 @@ def epoch_loader(dataset: Dataset, seed: int, epoch: int, batch_size: int, steps
     # The loader draws a worker seed when iterated; taking it from ``gen`` rather than the global
     # RNG keeps the augmentation stream the same whether an epoch starts fresh or mid-way.
     return DataLoader(dataset, batch_sampler=batches, num_workers=0, generator=gen)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` in eval mode; the model's mode is restored.
+    The one evaluation that learn, finetune and the benchmarks share."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=256, shuffle=False, num_workers=0):
+        correct += int((model(x.to(device)).argmax(dim=1).cpu() == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(1, total)

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from .data import epoch_loader, load_data
+from .data import accuracy, epoch_loader, load_data
 from .errors import SplitcError
 from .learn_optim import lr_factor
 from .split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, load_split, read_meta, write_json, write_tensors
@@ -109,11 +108,11 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
             if step >= total:
                 break
         _save(folder, identity, model, optimizer, step)
-        val = evaluate(model, bundle.val, device)
+        val = accuracy(model, bundle.val, device)
         append_metrics(folder / METRICS, {"step": step, "epoch": epoch, "val_acc": val, "kind": "epoch_end"})
         bar.set_postfix(val_acc=f"{val:.3f}")
     bar.close()
-    val_acc = evaluate(model, bundle.val, device)
+    val_acc = accuracy(model, bundle.val, device)
     train_acc = correct / seen if seen else None  # a resumed run that was already complete trained nothing
     write_tensors(folder / FINETUNED_WEIGHTS, model.state_dict())
     write_json(folder / SPLIT_JSON, {**meta, "weights": FINETUNED_WEIGHTS,
@@ -122,16 +121,6 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, device: torch.device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=256, shuffle=False, num_workers=0):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
-        total += len(y)
-    model.train()
-    return correct / max(1, total)
-
-
 def _check_data(meta: dict[str, Any], bundle, config: FinetuneConfig) -> None:
     if bundle.num_classes != meta["num_classes"]:
         raise SplitcError(f"--data {config.data} has {bundle.num_classes} classes but the split model "

@@ -43,7 +43,7 @@ from .assign import (
     splitnet_regularizers,
 )
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from .data import DataBundle, epoch_loader, load_data
+from .data import DataBundle, accuracy, epoch_loader, load_data
 from .errors import SplitcError
 from .learn_groups import (
     class_groups,
@@ -326,22 +326,12 @@ def train_acc(run: _Run) -> float:
     return run.train_correct / run.train_seen if run.train_seen else 0.0
 
 
-@torch.no_grad()
 def evaluate(run: _Run, model: torch.nn.Module | None = None) -> float:
     """Validation accuracy of the dense model, or of ``model`` (the masked one)."""
-    gm = model if model is not None else run.analysis.gm
-    gm.eval()
-    loader = DataLoader(run.bundle.val, batch_size=256, shuffle=False, num_workers=0)
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((gm(x.to(run.device)).argmax(dim=1).cpu() == y).sum())
-            total += len(y)
-    gm.train()
-    return correct / max(1, total)
+    return accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device)
 
 
-def masked_val_acc(run: _Run) -> float | None:
+def masked_val_acc(run: _Run) -> float:
     """Accuracy of the model with its inter-group weights zeroed under the argmax groups: what
     ``splitc split`` will compute before any finetuning. Weight-energy shares alone do not tell
     this: on resnet20, zeroing 0.08% of one conv's energy cost 14 pp, because the residual

@@ -9,7 +9,7 @@ and for 64-node channel spaces alike. The reduced-gradient kind keeps its own op
 is exact on the simplex.
 
 After the warm-up (and the soft phase, if any) γ_D rises linearly to ``gamma_d_end`` (10 by
-default) at the last step, so that every space is hard and the weights block-diagonal by the
+default), reached at the last step or after ``gamma_d_rise`` of the regularized steps, so that every space is hard and the weights block-diagonal by the
 time the run is split (:func:`disjoint_weight`).
 
 The soft phase (``soft_epochs``, off by default): R_D can ramp in after the warm-up, so that it
@@ -91,16 +91,16 @@ def disjoint_weight(step: int, warmup_steps: int, soft_steps: int, total_steps: 
     a straight line to ``gamma_d_end``, reached after ``rise_fraction`` of the remaining steps
     (1.0: at the last step) and held from there (flat when ``gamma_d_end <= gamma_d``).
 
-    An earlier end leaves R_W time to clear the final groups: rising over the first half of the
-    3 regularized epochs of a 4-epoch resnet20 run (split from layer3) gave a split that scored
-    0.676 before finetuning, against 0.135 when rising to the last step (SplitNet-Random, whose
-    groups are fixed from the start: 0.93).
-
     Why it rises: at a constant γ_D = 1 the weights never became block-diagonal within a
     CPU-sized run (resnet20 on the synthetic data, 3 regularized epochs: 72-77% of each cut
     layer's weight energy lay between the argmax groups, which is what a random assignment gives,
     and the channel groups were unbalanced, 18/3/41/2). Rising to 10 made every space crisp and
     balanced (16-17 channels per group) and left 5-8% of the conv energy between groups.
+
+    Why it may end early: that leaves R_W time to clear the final groups. Rising over the first
+    half of the 3 regularized epochs of a 4-epoch resnet20 run (split from layer3) gave a split
+    that scored 0.676 before finetuning, against 0.135 when rising to the last step
+    (SplitNet-Random, whose groups are fixed from the start: 0.93).
     """
     if step < warmup_steps:
         return 0.0
