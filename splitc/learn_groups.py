@@ -88,7 +88,14 @@ def split_input_class_means(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, dat
     The global RNG is forked so that a random augmentation in ``dataset`` does not shift the
     training run's random stream (a resumed run must replay the same one).
     """
-    layer = split_input_layer(ir, scope)
+    return layer_input_class_means(gm, split_input_layer(ir, scope), dataset, num_classes, device)
+
+
+@torch.no_grad()
+def layer_input_class_means(gm: fx.GraphModule, layer: WeightLayer, dataset: Dataset,
+                            num_classes: int, device: torch.device) -> np.ndarray:
+    """``(num_classes, D)`` class means of ``layer``'s pooled input features, in eval mode; the
+    same probe images and forked RNG as :func:`split_input_class_means`."""
     subset = Subset(dataset, probe_indices(dataset_labels(dataset)))
     probe = _InputProbe(gm, layer.node)
     feats, labels = [], []
