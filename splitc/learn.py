@@ -87,7 +87,7 @@ class LearnConfig:
     gamma_d_rise: float = 1.0       # ... over this fraction of the regularized steps, then holds
     gamma_e: float = 10.0
     assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn_optim
-    assign_lr_mult: float = 0.5     # Adam on logits: 0.05 per step at lr 0.1 (learn_optim)
+    assign_lr_mult: float = 0.2     # Adam on logits: 0.02 per step at lr 0.1 (learn_optim)
     warmup_epochs: float = 3.0      # features first (§8); fractional values allowed
     soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
     epochs: int = 10                # the synthetic acceptance run fits 10 minutes on 2 cores
