@@ -130,19 +130,25 @@ def run_rows(args: argparse.Namespace) -> list[dict]:
     return [results[i] for i in range(len(ROWS))]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every training benchmark shares: model, data, scope and the plain optimiser."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--split-from", default="layer3")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main() -> None:
+    parser = training_parser(__doc__)
     parser.add_argument("--learn-epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--warmup-epochs", type=float, default=3.0)
     parser.add_argument("--gamma-d-rise", type=float, default=1.0, help="learn's --gamma-d-rise")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/e2e")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once, in worker processes")
     args = parser.parse_args()

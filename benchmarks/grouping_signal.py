@@ -22,14 +22,13 @@ in this run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 import torch
 
-from end_to_end import fit_plain
+from end_to_end import fit_plain, training_parser
 from splitc.analysis import analyse
 from splitc.cluster import balanced_spectral_clustering
 from splitc.data import accuracy, load_data
@@ -54,15 +53,8 @@ def class_views(analysis, bundle) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--split-from", default="layer3")
+    parser = training_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
