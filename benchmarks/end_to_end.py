@@ -116,8 +116,9 @@ def run_row(args: argparse.Namespace, row: tuple[str, str], threads: int, progre
 
 def run_rows(args: argparse.Namespace) -> list[dict]:
     """All rows, one after another, or ``--jobs`` at a time in spawned workers that split the
-    cores between them (CPU runs are deterministic, so the figures do not depend on it; only the
-    seconds do). Workers run without progress bars and report each row as it ends."""
+    cores between them. CPU runs repeat exactly only at the same torch thread count, so a
+    ``--jobs 2`` table matches a sequential run with ``OMP_NUM_THREADS=1``, not one on all cores.
+    Workers run without progress bars and report each row as it ends."""
     if args.jobs <= 1:
         return [run_row(args, row, torch.get_num_threads(), True) for row in ROWS]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
