@@ -120,7 +120,6 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     return FinetuneResult(str(folder), train_acc, val_acc, step, FINETUNED_WEIGHTS)
 
 
-@torch.no_grad()
 def _check_data(meta: dict[str, Any], bundle, config: FinetuneConfig) -> None:
     if bundle.num_classes != meta["num_classes"]:
         raise SplitcError(f"--data {config.data} has {bundle.num_classes} classes but the split model "
