@@ -7,7 +7,8 @@ It trains the network plainly and, after each epoch, clusters the classes into b
 (the same balanced spectral clustering as ``feature_ari``) by four views of them, and prints each
 clustering's ARI against the data's superclasses:
 
-- ``split input``: class-mean features entering the split (learn's ``feature_ari``);
+- ``split input``: class-mean features entering the split (learn's ``feature_ari`` view, though
+  probed here on augmented training images, where learn uses un-augmented ones when it has them);
 - ``classifier input``: class-mean features entering the classifier (the top stage's output);
 - ``classifier |W|^2``: each class's squared classifier weights, the only view of a class that
   R_W has (learn's ``classifier_energy_ari``), so the only signal that moves a class between
