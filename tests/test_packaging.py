@@ -21,6 +21,8 @@ def test_wheel_layout(tmp_path: Path) -> None:
     assert "passes" not in top_level and "models" not in top_level, sorted(top_level)
 
 
+# import name -> the extra's distribution, for packages the shipped code imports lazily
+OPTIONAL = {"timm": "timm", "ray": "ray", "tritonclient": "tritonclient", "torch_pruning": "torch-pruning"}
 # import name -> distribution name, where they differ
 DISTRIBUTION_OF = {"sklearn": "scikit-learn", "mpl_toolkits": "matplotlib", "onnxruntime": "onnxruntime-gpu"}
 
@@ -34,8 +36,13 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
     import tomllib
 
     root = Path(__file__).resolve().parents[1]
-    declared = {re.split(r"[<>=!;\[ ]", dep, maxsplit=1)[0].strip().lower()
-                for dep in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    name_of = lambda dep: re.split(r"[<>=!;\[ ]", dep, maxsplit=1)[0].strip().lower()  # noqa: E731
+    declared = {name_of(dep) for dep in project["dependencies"]}
+    # optional packages: imported only behind a guard that names the extra, and declared in it
+    extras = {name_of(dep) for name, deps in project["optional-dependencies"].items() if name != "test"
+              for dep in deps}
+    assert set(OPTIONAL.values()) <= extras, sorted(set(OPTIONAL.values()) - extras)
     imported = set()
     for folder in ("splitc", "passes", "models"):
         for path in (root / folder).rglob("*.py"):
@@ -45,5 +52,5 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     imported.add(node.module.split(".")[0])
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "splitc"}
-    missing = {DISTRIBUTION_OF.get(m, m) for m in third_party} - declared
+    missing = {DISTRIBUTION_OF.get(m, m) for m in third_party if m not in OPTIONAL} - declared
     assert not missing, f"imported but not in [project].dependencies: {sorted(missing)}"
