@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -93,21 +94,65 @@ def broadcast_elems(elems: torch.Tensor, shape: torch.Size, dim: int) -> torch.T
 
 
 # ---------------------------------------------------------------- weight layers
+@dataclass(frozen=True)
+class FunctionalLayer:
+    """What a weight-layer record reads of a module, for ``F.conv2d`` / ``F.linear`` called
+    with parameter tensors (timm's Conv2dSame, Linear): ``name`` is the parameters' prefix."""
+
+    name: str
+    out_channels: int
+    groups: int
+    kernel_size: tuple[int, ...]
+    bias: Any
+
+
+def functional_layer(ctx: RuleContext) -> FunctionalLayer | None:
+    """The layer a functional conv/linear call stands for, when its weight (and bias) are
+    parameters ``P.weight`` (``P.bias``) read directly; None for a computed weight (weight
+    standardisation), which no pass could slice."""
+    weight_node = _node_arg(ctx.node, 1, "weight")
+    bias_node = _node_arg(ctx.node, 2, "bias")
+    if not (_is_param_read(weight_node, "weight") and len(weight_node.users) == 1):
+        return None
+    name = str(weight_node.target)[: -len(".weight")]
+    if bias_node is not None and not (_is_param_read(bias_node, "bias") and str(bias_node.target) == f"{name}.bias"
+                                      and len(bias_node.users) == 1):
+        return None
+    weight = ctx.arg(1, "weight")
+    groups = int(ctx.arg(6, "groups", 1)) if weight.dim() > 2 else 1  # a linear weight is 2-D
+    for node in (weight_node, bias_node):
+        if node is not None:  # recorded per axis by the layer, not as a tensor of entries
+            ctx.builder.claim_param(str(node.target))
+    return FunctionalLayer(name, weight.shape[0], groups, tuple(weight.shape[2:]), ctx.arg(2, "bias"))
+
+
+def _node_arg(node: fx.Node, index: int, name: str) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
+
+
+def _is_param_read(node: Any, suffix: str) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr" and str(node.target).endswith(f".{suffix}")
+
+
 @channel_rule(Kind.CONV)
 def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
-    conv: nn.Conv2d = ctx.module  # type: ignore[assignment]
+    conv = ctx.module if ctx.module is not None else functional_layer(ctx)
+    if conv is None or ctx.out.dim() != 4:
+        return None
     in_elems = channel_elems(ctx.label_args[0], 1, ctx.builder)
     out_elems = ctx.builder.fresh(conv.out_channels, ctx.node, "layer")
-    ctx.builder.add_weight_layer(ctx.node, "conv", conv, in_elems, out_elems, ctx.out)
+    ctx.builder.add_weight_layer(ctx.node, "conv", conv, in_elems, out_elems, ctx.out, getattr(conv, "name", None))
     return broadcast_elems(out_elems, ctx.out.shape, 1)
 
 
 @channel_rule(Kind.LINEAR)
 def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
-    linear: nn.Linear = ctx.module  # type: ignore[assignment]
+    linear = ctx.module if ctx.module is not None else functional_layer(ctx)
+    if linear is None:
+        return None
     in_elems = channel_elems(ctx.label_args[0], -1, ctx.builder)
-    out_elems = ctx.builder.fresh(linear.out_features, ctx.node, "layer")
-    ctx.builder.add_weight_layer(ctx.node, "linear", linear, in_elems, out_elems, ctx.out)
+    out_elems = ctx.builder.fresh(ctx.out.shape[-1], ctx.node, "layer")
+    ctx.builder.add_weight_layer(ctx.node, "linear", linear, in_elems, out_elems, ctx.out, getattr(linear, "name", None))
     return broadcast_elems(out_elems, ctx.out.shape, ctx.out.dim() - 1)
 
 
@@ -116,8 +161,43 @@ def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
 def batch_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
     labels = ctx.label_args[0]
     elems = channel_elems(labels, 1, ctx.builder)
-    names = ("weight", "bias", "running_mean", "running_var")
-    ctx.builder.add_channel_op(ctx.node, elems, [n for n in names if getattr(ctx.module, n) is not None], ctx.out)
+    if ctx.module is not None:
+        names = ("weight", "bias", "running_mean", "running_var")
+        ctx.builder.add_channel_op(ctx.node, elems, [n for n in names if getattr(ctx.module, n) is not None], ctx.out)
+    else:  # F.batch_norm (timm's BatchNormAct2d): the vectors arrive as labelled tensors
+        names = ("running_mean", "running_var", "weight", "bias")
+        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _tie_vectors(ctx, elems, names, 1))
+    return labels
+
+
+def _tie_vectors(ctx: RuleContext, elems: torch.Tensor, names: tuple[str, ...], first: int) -> tuple[str, ...]:
+    """Tie each per-channel vector argument to the channels; return the parameters read
+    directly (their qualified names), so counting attributes them to the op."""
+    read = []
+    for index, name in enumerate(names, start=first):
+        vector = ctx.arg(index, name, labels=True)
+        if isinstance(vector, torch.Tensor) and vector.numel() == elems.numel():
+            ctx.builder.tie(vector.reshape(-1), elems)
+            node = _node_arg(ctx.node, index, name)
+            if isinstance(node, fx.Node) and node.op == "get_attr":
+                read.append(str(node.target))
+    return tuple(read)
+
+
+@channel_rule(Kind.GROUP_NORM)
+def group_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
+    """Statistics over each block of C/G channels: a block moves whole (like a conv-group),
+    its channels stay distinct; the affine is per channel."""
+    labels = ctx.label_args[0]
+    groups = ctx.module.num_groups if ctx.module is not None else int(ctx.arg(1, "num_groups"))
+    elems = channel_elems(labels, 1, ctx.builder)
+    for block in np.split(elems.numpy(), groups):
+        ctx.builder.group_together(block)
+    if ctx.module is not None:
+        params = [n for n in ("weight", "bias") if getattr(ctx.module, n) is not None]
+        ctx.builder.add_channel_op(ctx.node, elems, params, ctx.out)
+    else:
+        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _tie_vectors(ctx, elems, ("weight", "bias"), 2))
     return labels
 
 
@@ -156,6 +236,33 @@ def pool_rule(ctx: RuleContext) -> torch.Tensor | None:
         return None
     elems = channel_elems(ctx.label_args[0], 1, ctx.builder)
     return broadcast_elems(elems, ctx.out.shape, 1)
+
+
+@channel_rule(Kind.PAD)
+def pad_rule(ctx: RuleContext) -> torch.Tensor | None:
+    """Padding of the spatial dims keeps each channel's positions in that channel (a padded
+    entry belongs to its channel); padding the channel dim itself declines (a barrier)."""
+    labels = ctx.label_args[0]
+    pad = ctx.module.padding if ctx.module is not None else ctx.arg(1, "pad")
+    pad = (pad,) * 4 if isinstance(pad, int) else tuple(pad)
+    if labels.dim() < 3 or len(pad) > 2 * (labels.dim() - 2):
+        return None
+    elems = channel_elems(labels, 1, ctx.builder)
+    return broadcast_elems(elems, ctx.out.shape, 1)
+
+
+@channel_rule(Kind.SOFTMAX)
+def softmax_rule(ctx: RuleContext) -> torch.Tensor | None:
+    """Softmax over positions of one channel (attention pooling over H*W) keeps the labels;
+    over varying channels it mixes them, like a reduction across channels."""
+    labels = ctx.label_args[0]
+    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
+    if dim is None:
+        return None
+    if bool((labels == labels.narrow(dim, 0, 1)).all()):
+        return labels
+    ctx.builder.flag(labels.unique(), "shared_only", f"softmax across channels by {ctx.node.name}")
+    return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=labels)
 
 
 # ---------------------------------------------------------------- ties

@@ -26,6 +26,9 @@ class Kind(Enum):
     POOL = "pool"                  # spatial resampling that keeps channels
     RESHAPE = "reshape"            # view/cat/chunk/flatten/...: replayed on channel labels
     REDUCE = "reduce"              # mean/sum over dims: keeps or mixes channels
+    GROUP_NORM = "group_norm"      # statistics per block of channels: a block moves whole
+    PAD = "pad"                    # constant/reflect padding of the spatial dims
+    SOFTMAX = "softmax"            # normalised over one dim: keeps labels only along one channel
 
 
 def _stochastic_depth_types() -> tuple[type, ...]:
@@ -51,10 +54,17 @@ MODULE_KINDS: dict[type, Kind] = {
     nn.AdaptiveAvgPool2d: Kind.POOL,
     nn.AdaptiveMaxPool2d: Kind.POOL,
     nn.Flatten: Kind.RESHAPE,
+    nn.GroupNorm: Kind.GROUP_NORM,
+    nn.Upsample: Kind.POOL,
+    nn.UpsamplingNearest2d: Kind.POOL,
+    nn.UpsamplingBilinear2d: Kind.POOL,
+    nn.Softmax: Kind.SOFTMAX,
+    **{t: Kind.PAD for t in (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)},
     **{t: Kind.ELEMENTWISE for t in (
         nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.GELU, nn.Tanh,
         nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
-        nn.Identity)},
+        nn.Identity, nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+        nn.Hardshrink, nn.Softshrink)},
     **{t: Kind.ELEMENTWISE for t in _stochastic_depth_types()},
 }
 
@@ -62,27 +72,46 @@ FUNCTION_KINDS: dict[object, Kind] = {
     **{f: Kind.ELEMENTWISE for f in (
         F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid,
         torch.sigmoid, torch.tanh, F.dropout, F.leaky_relu, F.elu, F.mish, F.hardtanh,
-        operator.neg, *_stochastic_depth_functions())},
+        operator.neg, *_stochastic_depth_functions(),
+        F.relu_, F.elu_, F.leaky_relu_, F.hardtanh_, F.selu, F.celu, F.softplus, F.softsign,
+        F.tanhshrink, F.logsigmoid, F.hardshrink, F.softshrink, F.dropout2d, F.alpha_dropout,
+        torch.clamp, torch.clip, torch.exp, torch.erf, torch.abs, torch.square, torch.sqrt,
+        torch.rsqrt, torch.relu_, torch.sigmoid_, torch.tanh_)},
     **{f: Kind.BINARY for f in (
         operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
         operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div)},
     **{f: Kind.POOL for f in (
-        F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)},
+        F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
+        F.upsample, F.upsample_nearest, F.upsample_bilinear, F.lp_pool2d)},
     **{f: Kind.RESHAPE for f in (
         torch.flatten, torch.cat, torch.concat, torch.chunk, torch.split, torch.transpose,
         torch.permute, torch.reshape, torch.squeeze, torch.unsqueeze, torch.narrow,
-        operator.getitem)},
+        operator.getitem, torch.stack, torch.movedim, torch.swapaxes)},
     **{f: Kind.REDUCE for f in (torch.mean, torch.sum, torch.amax)},
     F.layer_norm: Kind.LAYER_NORM,
+    # functional forms of the weight layers and norms (timm's BatchNormAct2d, Conv2dSame,
+    # Linear call these with parameter tensors read by get_attr)
+    F.batch_norm: Kind.BATCH_NORM,
+    F.group_norm: Kind.GROUP_NORM,
+    F.conv2d: Kind.CONV,
+    F.linear: Kind.LINEAR,
+    torch._C._nn.linear: Kind.LINEAR,
+    F.pad: Kind.PAD,
+    **{f: Kind.SOFTMAX for f in (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)},
 }
 
 METHOD_KINDS: dict[str, Kind] = {
     **{m: Kind.RESHAPE for m in (
         "view", "reshape", "flatten", "permute", "transpose", "contiguous", "chunk", "split",
-        "squeeze", "unsqueeze", "expand", "narrow", "unflatten")},
-    **{m: Kind.ELEMENTWISE for m in ("relu", "relu_", "sigmoid", "sigmoid_", "clone", "tanh")},
+        "squeeze", "unsqueeze", "expand", "narrow", "unflatten", "expand_as", "view_as",
+        "reshape_as", "movedim", "swapaxes")},
+    **{m: Kind.ELEMENTWISE for m in (
+        "relu", "relu_", "sigmoid", "sigmoid_", "clone", "tanh", "tanh_", "clamp", "clamp_",
+        "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "exp", "abs", "neg", "sqrt",
+        "rsqrt", "square", "float")},
     **{m: Kind.BINARY for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")},
     **{m: Kind.REDUCE for m in ("mean", "sum", "amax")},
+    **{m: Kind.SOFTMAX for m in ("softmax", "log_softmax")},
 }
 
 
