@@ -25,29 +25,38 @@ def slice_weight_layer(module: nn.Module, layer: WeightLayer, out_keep: np.ndarr
                        in_keep: np.ndarray) -> nn.Module:
     """A copy of a conv or linear ``module`` reading the ``in_keep`` inputs and computing the
     ``out_keep`` outputs."""
-    weight = module.weight.detach()
-    out_idx = torch.as_tensor(np.flatnonzero(out_keep))
-    k = layer.conv_groups
-    if k == 1:
-        new_weight = weight.index_select(0, out_idx).index_select(1, torch.as_tensor(np.flatnonzero(in_keep)))
-        new_groups = 1
-    else:
-        blocks = _kept_blocks(out_keep, in_keep, k)
-        rows = np.concatenate([np.arange(b * (len(out_keep) // k), (b + 1) * (len(out_keep) // k)) for b in blocks])
-        new_weight = weight.index_select(0, torch.as_tensor(rows))
-        new_groups = len(blocks)
+    new_weight, new_bias, new_groups = slice_weight_tensors(module.weight, module.bias, layer, out_keep, in_keep)
     new = copy.copy(module)              # shallow: then replace every tensor with an owned one
     new._parameters = dict(module._parameters)
     new._buffers = dict(module._buffers)
-    new.weight = nn.Parameter(new_weight.clone(), requires_grad=module.weight.requires_grad)
+    new.weight = new_weight
     if module.bias is not None:
-        new.bias = nn.Parameter(module.bias.detach().index_select(0, out_idx).clone(),
-                                requires_grad=module.bias.requires_grad)
+        new.bias = new_bias
     if layer.op == "conv":
         new.in_channels, new.out_channels, new.groups = int(in_keep.sum()), int(out_keep.sum()), new_groups
     else:
         new.in_features, new.out_features = int(in_keep.sum()), int(out_keep.sum())
     return new
+
+
+def slice_weight_tensors(weight: torch.Tensor, bias: torch.Tensor | None, layer: WeightLayer,
+                         out_keep: np.ndarray, in_keep: np.ndarray) -> tuple[nn.Parameter, nn.Parameter | None, int]:
+    """Owned (weight, bias, conv groups) of the slice; also used for ``F.conv2d`` / ``F.linear``
+    called with parameter tensors."""
+    out_idx = torch.as_tensor(np.flatnonzero(out_keep))
+    k = layer.conv_groups
+    w = weight.detach()
+    if k == 1:
+        new_weight = w.index_select(0, out_idx).index_select(1, torch.as_tensor(np.flatnonzero(in_keep)))
+        new_groups = 1
+    else:
+        blocks = _kept_blocks(out_keep, in_keep, k)
+        rows = np.concatenate([np.arange(b * (len(out_keep) // k), (b + 1) * (len(out_keep) // k)) for b in blocks])
+        new_weight = w.index_select(0, torch.as_tensor(rows))
+        new_groups = len(blocks)
+    new_bias = None if bias is None else nn.Parameter(
+        bias.detach().index_select(0, out_idx).clone(), requires_grad=bias.requires_grad)
+    return nn.Parameter(new_weight.clone(), requires_grad=weight.requires_grad), new_bias, new_groups
 
 
 def _kept_blocks(out_keep: np.ndarray, in_keep: np.ndarray, k: int) -> list[int]:
@@ -73,6 +82,8 @@ def slice_channel_module(module: nn.Module, keep: np.ndarray) -> nn.Module:
         new._buffers[name] = None if b is None else _slice_if_channels(b, idx, len(keep))
     if hasattr(new, "num_features"):
         new.num_features = len(idx)
+    if isinstance(module, nn.GroupNorm):  # whole norm-groups are held (the channel graph ties them)
+        new.num_groups, new.num_channels = module.num_groups * len(idx) // len(keep), len(idx)
     return new
 
 

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from splitc.split_model import INPUT, SubgraphSpec, TensorRef
 
 from .placement import Box, box_of, full_box, grid_of, held
-from .slicing import owned_copy, slice_channel_module, slice_weight_layer
+from .slicing import owned_copy, slice_channel_module, slice_weight_layer, slice_weight_tensors
 
 if TYPE_CHECKING:
     from .partition import _Context
@@ -95,8 +96,12 @@ class SubgraphBuilder:
         if n.op == "call_module":
             target = self._module_for(n)
             self.env[n.name] = self.graph.call_module(target, args, kwargs)
-        else:
-            self.env[n.name] = self.graph.create_node(n.op, n.target, args, kwargs, name=n.name)
+            return
+        if self.level >= 0 and n.op == "call_function" and n.name in ctx.layer_of:
+            args, kwargs = self._functional_layer_args(n, list(args), dict(kwargs))
+        elif self.level >= 0 and n.target is F.group_norm:
+            args, kwargs = self._group_norm_args(n, list(args), dict(kwargs))
+        self.env[n.name] = self.graph.create_node(n.op, n.target, args, kwargs, name=n.name)
 
     def value(self, a: fx.Node) -> fx.Node:
         """The node holding ``a`` here: computed here, copied (constants, sizes, parameters),
@@ -138,9 +143,8 @@ class SubgraphBuilder:
         weights): its output is the bias, broadcast to the batch."""
         layer = self.ctx.layer_of[n.name]
         keep = held(self.ctx.place, layer.out_elems, self.level, self.group)
-        module = self.ctx.modules[n.target]
-        bias = (module.bias.detach()[torch.as_tensor(np.flatnonzero(keep))] if module.bias is not None
-                else torch.zeros(int(keep.sum())))
+        bias = (_get_attr(self.ctx.gm, f"{layer.name}.bias").detach()[torch.as_tensor(np.flatnonzero(keep))]
+                if layer.has_bias else torch.zeros(int(keep.sum())))
         shape = self.box(n).shape
         view = (1, -1) + (1,) * (len(shape) - 1) if layer.op == "conv" else (1,) * len(shape) + (-1,)
         value = self._buffer(f"bias_only_{n.name}", bias.reshape(view).clone())
@@ -204,12 +208,7 @@ class SubgraphBuilder:
             return n.target
         if n.name in ctx.layer_of:
             layer = ctx.layer_of[n.name]
-            out_keep = held(ctx.place, layer.out_elems, self.level, self.group)
-            in_keep = held(ctx.place, layer.in_elems, self.level, self.group)
-            channel_dim = 0 if layer.op == "conv" else -1
-            if not np.array_equal(self.box(n.args[0]).index[channel_dim], np.flatnonzero(in_keep)):
-                raise PartitionError(f"{n.name}: the input channels held do not match the layer's")
-            new = slice_weight_layer(module, layer, out_keep, in_keep)
+            new = slice_weight_layer(module, layer, *self._layer_keep(n))
         elif n.name in ctx.channel_op_of:
             new = slice_channel_module(module, held(ctx.place, ctx.channel_op_of[n.name].elems,
                                                     self.level, self.group))
@@ -221,6 +220,44 @@ class SubgraphBuilder:
         target = _unique(n.target, self.root)
         self.root[target] = new
         return target
+
+    def _layer_keep(self, n: fx.Node) -> tuple[np.ndarray, np.ndarray]:
+        """The outputs and inputs of weight layer ``n`` this subgraph holds."""
+        layer = self.ctx.layer_of[n.name]
+        out_keep = held(self.ctx.place, layer.out_elems, self.level, self.group)
+        in_keep = held(self.ctx.place, layer.in_elems, self.level, self.group)
+        channel_dim = 0 if layer.op == "conv" else -1
+        if not np.array_equal(self.box(n.args[0]).index[channel_dim], np.flatnonzero(in_keep)):
+            raise PartitionError(f"{n.name}: the input channels held do not match the layer's")
+        return out_keep, in_keep
+
+    def _functional_layer_args(self, n: fx.Node, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """``F.conv2d`` / ``F.linear`` with parameter tensors: read this branch's own slices of
+        them (named ``P.weight`` / ``P.bias`` so counting recognises the layer) and its conv
+        groups."""
+        layer = self.ctx.layer_of[n.name]
+        bias = _get_attr(self.ctx.gm, f"{layer.name}.bias") if layer.has_bias else None
+        weight, bias, groups = slice_weight_tensors(_get_attr(self.ctx.gm, f"{layer.name}.weight"), bias,
+                                                    layer, *self._layer_keep(n))
+        base = prefix = layer.name.replace(".", "_")
+        while f"{prefix}.weight" in self.root:
+            prefix = f"{base}_{len(self.root)}"
+        self.root[f"{prefix}.weight"] = weight
+        _set_arg(args, kwargs, 1, "weight", self.graph.get_attr(f"{prefix}.weight"))
+        if bias is not None:
+            self.root[f"{prefix}.bias"] = bias
+            _set_arg(args, kwargs, 2, "bias", self.graph.get_attr(f"{prefix}.bias"))
+        if layer.op == "conv" and (len(args) > 6 or "groups" in kwargs):
+            _set_arg(args, kwargs, 6, "groups", groups)
+        return tuple(args), kwargs
+
+    def _group_norm_args(self, n: fx.Node, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """``F.group_norm`` on the held channels: whole norm-groups, so fewer of them."""
+        op = self.ctx.channel_op_of[n.name]
+        kept = int(held(self.ctx.place, op.elems, self.level, self.group).sum())
+        groups = args[1] if len(args) > 1 else kwargs["num_groups"]
+        _set_arg(args, kwargs, 1, "num_groups", groups * kept // len(op.elems))
+        return tuple(args), kwargs
 
     def _gather(self, n: fx.Node) -> fx.Node:
         """A reshape in a branch: read the held positions of its (real) sources directly."""
@@ -280,6 +317,13 @@ class SubgraphBuilder:
             return False
         inputs = [a for a in m.all_input_nodes if self.ctx.info[a.name].level is not None]
         return bool(inputs) and all(self._param_only(a) for a in inputs)
+
+
+def _set_arg(args: list, kwargs: dict, index: int, name: str, value: Any) -> None:
+    if len(args) > index:
+        args[index] = value
+    else:
+        kwargs[name] = value
 
 
 def _leaves(x: Any) -> list:

@@ -220,8 +220,11 @@ class ChannelGraphBuilder:
         self.flags[flag].append((np.unique(_as_np(elems)), reason))
 
     # -- records
-    def add_weight_layer(self, node: fx.Node, op: str, module: nn.Module, in_elems: torch.Tensor,
-                         out_elems: torch.Tensor, out: torch.Tensor) -> None:
+    def add_weight_layer(self, node: fx.Node, op: str, module: Any, in_elems: torch.Tensor,
+                         out_elems: torch.Tensor, out: torch.Tensor, name: str | None = None) -> None:
+        """Record a conv/linear call; ``module`` is the module, or for a functional call an
+        object with the same ``groups``/``kernel_size``/``bias`` and ``name`` its parameters'
+        prefix."""
         groups = getattr(module, "groups", 1)
         taps = int(np.prod(module.kernel_size)) if op == "conv" else 1
         positions = int(out.shape[2:].numel()) if op == "conv" else int(out.shape[1:-1].numel())
@@ -232,7 +235,7 @@ class ChannelGraphBuilder:
             for block_in, block_out in zip(np.split(ins, groups), np.split(outs, groups)):
                 self.group_together(np.concatenate([block_in, block_out]))
                 self.block_anchors.append((int(block_in[0]), block_out))
-        name = str(node.target)
+        name = str(node.target) if name is None else name
         self.layers.append(WeightLayer(name, node.name, op, ins, outs, groups, taps, positions,
                                        module.bias is not None, self.topo_of[node.name]))
         self.param_uses += [ParamUse(f"{name}.weight", 0, outs), ParamUse(f"{name}.weight", 1, ins, groups)]
@@ -240,13 +243,21 @@ class ChannelGraphBuilder:
             self.param_uses.append(ParamUse(f"{name}.bias", 0, outs))
         self.edges.append((np.unique(ins), self.sources[-1].index))
 
-    def add_channel_op(self, node: fx.Node, elems: torch.Tensor, params: list[str], out: torch.Tensor) -> None:
+    def add_channel_op(self, node: fx.Node, elems: torch.Tensor, params: list[str], out: torch.Tensor,
+                       read: tuple[str, ...] = ()) -> None:
+        """``params``: the module's own parameter names; ``read``: qualified parameters a
+        functional call reads as (already labelled) tensors."""
         name = str(node.target) if node.op == "call_module" else node.name
         qualified = tuple(f"{name}.{p}" for p in params)
         positions = int(out[0].numel() // max(elems.numel(), 1))
-        self.channel_ops.append(ChannelOp(name, node.name, elems.numpy(), qualified, positions,
+        self.channel_ops.append(ChannelOp(name, node.name, elems.numpy(), qualified + tuple(read), positions,
                                           self.topo_of[node.name]))
         self.param_uses += [ParamUse(p, 0, elems.numpy()) for p in qualified]
+
+    def claim_param(self, param: str) -> None:
+        """A rule records ``param`` per axis (a functional layer's weight): drop its use as a
+        tensor of entries, so passes permute and slice it by the layer's axes."""
+        self.param_uses = [u for u in self.param_uses if not (u.param == param and u.dim is None)]
 
     def opaque(self, node: fx.Node, label_inputs: list[torch.Tensor], out: Any) -> Any:
         """No rule (or the rule declined): freeze the inputs, give the output opaque elements."""
