@@ -1,14 +1,18 @@
-"""Which torchvision classification models go through the whole pipeline (issue 6).
+"""Which classification models go through the whole pipeline (issue 6: torchvision; issue 17: timm).
 
-For every model in ``torchvision.models.list_models(module=torchvision.models)``:
+For every model of the zoo (``--zoo torchvision``: ``torchvision.models.list_models``; ``--zoo
+timm``: one small CNN per timm family, ``TIMM_FAMILIES``):
 trace -> inspect (analysis, scope from the start of the last resolution stage, G=2) -> learn for
 2 steps on random data (softmax assignments, the three regularizers) at a small input -> split
 (harden; if two steps leave a group empty, the balanced assignment is used and the row says so)
 -> export to ONNX -> run the ONNX pipeline -> verify it against PyTorch. Writes
-``docs/coverage.md``: status (or the one-line reason for a failure), params and FLOPs reduced,
-the largest relative error (split vs masked, ONNX vs PyTorch) and seconds per stage.
+``docs/coverage.md`` (``docs/coverage-timm.md``): status (or the one-line reason for a failure),
+params and FLOPs reduced, the largest relative error (split vs masked, ONNX vs PyTorch) and
+seconds per stage. A row that verifies but saves no parameters is ``no-op``, never ``ok``; the
+timm table also names the op that stopped the scope where a model splits less than its last stage.
 
     .venv/bin/python benchmarks/coverage.py [--models resnet18,vgg11] [--out docs/coverage.md]
+    .venv/bin/python benchmarks/coverage.py --zoo timm --threads 1     # docs/coverage-timm.md
     .venv/bin/python benchmarks/coverage.py --shard 1/2 --threads 1 &   # two workers on 2 cores
     .venv/bin/python benchmarks/coverage.py --shard 2/2 --threads 1
 
@@ -16,7 +20,7 @@ Every finished model is appended to ``--results`` (JSONL) at once, so a stopped 
 rerunning skips the models already there (``--redo`` runs them again), and the table is always
 rebuilt from every result on file, listing the models not yet run.
 
-Not part of the test suite: the full list takes one to two hours on 2 cores.
+Not part of the test suite: the full torchvision list takes one to two hours on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from splitc.counting import balanced_assignment
 from splitc.errors import SplitcError
 from splitc.export import export_split, verify_artifact
 from splitc.passes.harden import harden
-from splitc.scope import ScopeSpec, last_stage, make_spec
+from splitc.opkinds import target_name
+from splitc.scope import ScopeSpec, _region_from, last_stage, make_spec
 from splitc.split_run import write_split
 
 SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}
@@ -54,10 +59,58 @@ NATIVE_ONLY = ("vit_", "swin_", "maxvit_")   # position embeddings / window size
 TRANSFORMERS = NATIVE_ONLY
 
 
+# One small CNN per timm family (family -> model), cheapest first so a short run covers most.
+TIMM_FAMILIES = {
+    "ResNet": "resnet18", "ResNet-D": "resnet26d", "SE-ResNet": "seresnet18",
+    "Legacy SENet": "legacy_seresnet18", "Res2Net": "res2net50_26w_4s", "SelecSLS": "selecsls42b",
+    "DLA": "dla34", "ResNeXt (ByoB)": "resnext26ts", "GC-ResNeXt": "gcresnext26ts", "SK-ResNet": "skresnet18",
+    "ResNeSt": "resnest14d", "ECA-ResNet": "ecaresnet26t", "RegNetX": "regnetx_002", "RegNetY": "regnety_002",
+    "EfficientNet": "efficientnet_b0", "EfficientNet-Lite": "efficientnet_lite0",
+    "EfficientNet-EdgeTPU": "efficientnet_es", "EfficientNetV2": "efficientnetv2_rw_t",
+    "MobileNetV2": "mobilenetv2_050", "MobileNetV3": "mobilenetv3_small_050",
+    "MobileNetV4": "mobilenetv4_conv_small", "MixNet": "mixnet_s", "FBNet": "fbnetc_100",
+    "MnasNet": "mnasnet_small", "HardCoRe-NAS": "hardcorenas_a", "TinyNet": "tinynet_e", "LCNet": "lcnet_050",
+    "GhostNet": "ghostnet_050", "GhostNetV2": "ghostnetv2_100", "RepGhostNet": "repghostnet_050",
+    "ReXNet": "rexnet_100", "RepVGG": "repvgg_a0", "GENet": "gernet_s", "MobileOne": "mobileone_s0",
+    "DPN": "dpn48b", "CSPNet": "cspresnet50", "CS3-Darknet": "cs3darknet_s", "Darknet": "darknet17",
+    "VoVNet": "ese_vovnet19b_slim_dw", "HRNet": "hrnet_w18_small", "ResNetV2": "resnetv2_50",
+    "RegNetZ": "regnetz_b16", "DenseNet": "densenet121", "Xception": "xception41",
+    "Inception-v3": "inception_v3", "HGNetV2": "hgnetv2_b0", "ConvNeXt": "convnext_atto",
+    "ConvNeXt-V2": "convnextv2_atto", "InceptionNeXt": "inception_next_atto", "NFNet": "nf_resnet26",
+    "ConvMixer": "convmixer_768_32", "RDNet": "rdnet_tiny",
+}
+TIMM_INPUT = {"inception_v3": (3, 75, 75)}
+NOOP_PCT = 0.05  # a split that saves less than this share of params (percent) is a no-op
+
+
+def zoo_names(zoo_name: str) -> list[str]:
+    if zoo_name == "timm":
+        return [f"timm:{m}" for m in TIMM_FAMILIES.values()]
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def input_size(name: str) -> tuple[int, int, int]:
+    if name.startswith("timm:"):
+        return TIMM_INPUT.get(name[5:], (3, 64, 64))
     if name.startswith(NATIVE_ONLY):
         return (3, 224, 224)
     return SMALL_INPUT.get(name, (3, 64, 64))
+
+
+def stopped_by(ir, start: str) -> str:
+    """The op that flagged the first unsplittable space of the region from ``start`` (what kept
+    the scope short of the last stage), named by its target; '' when nothing there is flagged."""
+    spaces = sorted((ir.spaces[s] for s in _region_from(ir, start)), key=lambda space: space.topo)
+    flagged = next((space for space in spaces if space.flags), None)
+    if flagged is None:
+        return ""
+    reason = next(iter(flagged.flags.values()))
+    if reason.startswith("no channel rule for "):
+        return reason[len("no channel rule for "):].split(" (node")[0]
+    nodes = {n.name: n for n in ir.gm.graph.nodes}
+    words = reason.replace("(", " ").replace(")", " ").split()
+    node = next((nodes[w] for w in reversed(words) if w in nodes), None)
+    return f"{target_name(node)} ({reason})" if node is not None else reason
 
 
 def learn_two_steps(analysis, steps: int = 2):
@@ -106,6 +159,8 @@ def cover(name: str, work: Path) -> dict:
         except SplitcError:
             analysis, start = probe, "the classifier (split-depth 1)"
         row["scope"] = start
+        if start != last_stage(probe.ir) or analysis.scope.notes:
+            row["stopped_by"] = stopped_by(probe.ir, last_stage(probe.ir))
         del probe  # one copy of the weights at a time: the largest models need most of 24 GiB
         aset = learn_two_steps(analysis)
         lap("learn")
@@ -132,6 +187,8 @@ def cover(name: str, work: Path) -> dict:
     row["onnx_err"] = verified["max_rel_err"]
     row["onnx_checks"] = {c["checked"]: c["max_rel_err"] for c in verified["checks"]}
     row["status"] = status_of(summary["max_rel_err"], verified["checks"])
+    if row["status"] == "ok" and row["params_reduced"] < NOOP_PCT:
+        row["status"] = "no-op"
     if row["status"] == "ok" and verified["max_rel_err"] > ONNX_TOL:
         row["note"] = (f"ONNX Runtime's own error on the unsplit model is {verified['checks'][-1]['max_rel_err']:.1e}; "
                        "the split pipeline stays within twice that")
@@ -154,32 +211,53 @@ def status_of(split_err: float, checks: list[dict]) -> str:
     return "ok" if own <= 10 * ONNX_TOL and all(c["max_rel_err"] <= bound for c in checks) else "mismatch"
 
 
-def markdown(rows: list[dict], elapsed: float) -> str:
-    ok = sum(r["status"] == "ok" for r in rows)
-    pending = sum(r["status"] == "not run yet" for r in rows)
+def row_status(row: dict) -> str:
+    """The status shown: a verified split that saves no parameters is a no-op, never ok (rows
+    written before the no-op status existed are judged by their numbers)."""
+    if row["status"] == "ok" and row.get("params_reduced", 0.0) < NOOP_PCT:
+        return "no-op"
+    return row["status"]
+
+
+def markdown(rows: list[dict], elapsed: float, zoo_name: str = "torchvision") -> str:
+    statuses = [row_status(r) for r in rows]
+    ok, noop = statuses.count("ok"), statuses.count("no-op")
+    pending = statuses.count("not run yet")
+    timm = zoo_name == "timm"
+    what = ("timm CNNs, one per family" if timm else "torchvision classification models")
     lines = [
-        "# Coverage: torchvision classification models",
+        f"# Coverage: {what}",
         "",
-        f"Generated by `benchmarks/coverage.py` (last run {datetime.date.today()}; {elapsed / 60:.0f} min of "
-        f"per-model stage time on this 2-core machine): **{ok} of {len(rows)} ok**"
-        + (f", {pending} not run yet." if pending else ".")
+        f"Generated by `benchmarks/coverage.py{' --zoo timm' if timm else ''}` (last run {datetime.date.today()}; "
+        f"{elapsed / 60:.0f} min of per-model stage time on this 2-core machine): **{ok} of {len(rows)} ok**"
+        + (f", {noop} no-op" if noop else "") + (f", {pending} not run yet." if pending else ".")
         + " Each model: trace, inspect, learn 2 steps on random data "
         "(G=2, split from the start of its last resolution stage), split, export to ONNX, run, verify. "
-        "Errors: split vs masked (PyTorch) and ONNX pipeline vs PyTorch split model, relative.",
+        "Errors: split vs masked (PyTorch) and ONNX pipeline vs PyTorch split model, relative. "
+        "`no-op`: verified, but the split saves no parameters.",
         "",
-        "| model | status | scope from | params -% | FLOPs -% | split err | ONNX err | seconds (trace+inspect / learn / split / export / run / verify) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | status | scope from | params -% | FLOPs -% | split err | ONNX err | "
+        + ("stopped by | " if timm else "") + "seconds (trace+inspect / learn / split / export / run / verify) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if timm else ""),
     ]
-    for r in rows:
-        s = r["seconds"]
-        secs = " / ".join(f"{s[k]:.1f}" for k in ("trace+inspect", "learn", "split", "export", "onnx run", "verify") if k in s)
-        status = r["status"] + (f" ({r['note']})" if r.get("note") else "")
-        if r["status"] not in ("ok", "mismatch"):
-            lines.append(f"| {r['model']} | {status} | {r.get('scope', '')} | | | | | {secs} |")
-            continue
-        lines.append(f"| {r['model']} | {status} | `{r['scope']}` | {r['params_reduced']:.1f} | {r['flops_reduced']:.1f} "
-                     f"| {r['split_err']:.1e} | {r['onnx_err']:.1e} | {secs} |")
+    for r, shown in zip(rows, statuses):
+        lines.append(_table_row(r, shown, timm))
     return "\n".join(lines) + "\n"
+
+
+def _table_row(r: dict, shown: str, timm: bool) -> str:
+    s = r["seconds"]
+    secs = " / ".join(f"{s[k]:.1f}" for k in ("trace+inspect", "learn", "split", "export", "onnx run", "verify") if k in s)
+    status = shown + (f" ({r['note']})" if r.get("note") else "")
+    name = r["model"]
+    if timm:
+        family = {f"timm:{m}": f for f, m in TIMM_FAMILIES.items()}.get(name)
+        name = name.removeprefix("timm:") + (f" ({family})" if family else "")
+    stop = f" {r.get('stopped_by', '')} |" if timm else ""
+    if r["status"] not in ("ok", "mismatch", "no-op"):
+        return f"| {name} | {status} | {r.get('scope', '')} | | | | |{stop} {secs} |"
+    return (f"| {name} | {status} | `{r['scope']}` | {r['params_reduced']:.1f} | {r['flops_reduced']:.1f} "
+            f"| {r['split_err']:.1e} | {r['onnx_err']:.1e} |{stop} {secs} |")
 
 
 def _child(name: str, threads: int | None, conn) -> None:
@@ -240,30 +318,36 @@ def append_result(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def write_table(out: Path, all_names: list[str], results: dict[str, dict]) -> None:
+def write_table(out: Path, all_names: list[str], results: dict[str, dict], zoo_name: str = "torchvision") -> None:
+    flag = " --zoo timm" if zoo_name == "timm" else ""
     rows = [results.get(n) or {"model": n, "status": "not run yet", "seconds": {},
-                               "note": f"`benchmarks/coverage.py --models {n}`"} for n in all_names]
+                               "note": f"`benchmarks/coverage.py{flag} --models {n}`"} for n in all_names]
     elapsed = sum(sum(r["seconds"].values()) for r in rows)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(markdown(rows, elapsed))
+    tmp.write_text(markdown(rows, elapsed, zoo_name))
     os.replace(tmp, out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=None, help="comma-separated subset (default: all)")
-    parser.add_argument("--out", default="docs/coverage.md")
-    parser.add_argument("--results", default="docs/coverage.jsonl", help="one JSON row per finished model")
+    parser.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--models", default=None, help="comma-separated subset (default: all; timm names "
+                        "as timm:NAME)")
+    parser.add_argument("--out", default=None, help="default docs/coverage.md (docs/coverage-timm.md)")
+    parser.add_argument("--results", default=None, help="one JSON row per finished model (default "
+                        "docs/coverage.jsonl, docs/coverage-timm.jsonl)")
     parser.add_argument("--shard", default="1/1", help="K/N: run every N-th model starting at the K-th")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for this worker")
     parser.add_argument("--exclude", default="", help="comma-separated models to leave for later "
                         "(the two 600M-parameter models need most of 24 GiB alone)")
     parser.add_argument("--redo", action="store_true", help="rerun models already in --results")
     args = parser.parse_args()
-    all_names = torchvision.models.list_models(module=torchvision.models)
+    all_names = zoo_names(args.zoo)
     names = args.models.split(",") if args.models else all_names
     k, n = (int(v) for v in args.shard.split("/"))
-    results_path, out = Path(args.results), Path(args.out)
+    suffix = "-timm" if args.zoo == "timm" else ""
+    results_path = Path(args.results or f"docs/coverage{suffix}.jsonl")
+    out = Path(args.out or f"docs/coverage{suffix}.md")
     done = set() if args.redo else set(load_results(results_path))
     skip = done | set(filter(None, args.exclude.split(",")))
     todo = [name for i, name in enumerate(names) if i % n == k - 1 and name not in skip]
@@ -273,8 +357,8 @@ def main() -> None:
         append_result(results_path, row)
         total = sum(row["seconds"].values())
         print(f"[{i}/{len(todo)}] {name}: {row['status']} {row.get('note', '')} ({total:.0f} s)", flush=True)
-        write_table(out, all_names, load_results(results_path))
-    write_table(out, all_names, load_results(results_path))
+        write_table(out, all_names, load_results(results_path), args.zoo)
+    write_table(out, all_names, load_results(results_path), args.zoo)
     print(f"wrote {out}")
 
 

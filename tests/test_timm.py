@@ -182,3 +182,30 @@ def test_timm_model_splits_its_last_stage(name: str) -> None:
         err, reduced, compiled, _, _ = split_check(model, (3, 64, 64), ScopeSpec((2,), split_from=(stage,)), batch=2)
     assert not ir.barriers, ir.barriers
     assert err <= TOL and reduced > 0
+
+
+# ---------------------------------------------------------------- the coverage tables
+def test_coverage_table_marks_a_split_that_saves_nothing_no_op(tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "coverage.py"
+    spec = importlib.util.spec_from_file_location("coverage_bench_timm", script)
+    coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coverage)
+
+    def row(model: str, reduced: float, **extra) -> dict:
+        return {"model": model, "status": "ok", "note": "", "scope": "stages.3", "params_reduced": reduced,
+                "flops_reduced": 0.0, "split_err": 0.0, "onnx_err": 1e-6, "seconds": {"learn": 1.0}, **extra}
+
+    rows = {"timm:resnet18": row("timm:resnet18", 30.0),
+            "timm:convnext_atto": row("timm:convnext_atto", 0.0, note="only the classifier splits",
+                                      stopped_by="function torch.nn.functional.layer_norm")}
+    out = tmp_path / "coverage-timm.md"
+    coverage.write_table(out, ["timm:resnet18", "timm:convnext_atto", "timm:dla34"], rows, "timm")
+    text = out.read_text()
+    assert "**1 of 3 ok**, 1 no-op, 1 not run yet." in text
+    assert "| convnext_atto (ConvNeXt) | no-op (only the classifier splits) | `stages.3` |" in text
+    assert "| function torch.nn.functional.layer_norm |" in text
+    assert "| resnet18 (ResNet) | ok | `stages.3` | 30.0 |" in text
+    assert coverage.row_status(row("resnet18", 0.0)) == "no-op"  # torchvision rows too
