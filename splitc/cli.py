@@ -260,6 +260,7 @@ def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
 
 from .cli_deploy import register  # noqa: E402  (export, run, bench)
 register(main)
+from .cli_serve import register as register_serve; register_serve(main)  # noqa: E402,E702  (serve, triton)
 
 @main.command()
 @click.argument("path", metavar="RUN_DIR|SPLIT_DIR|ART_DIR")
