@@ -4,7 +4,9 @@ Shows: splitc takes any traceable CNN factory. This file defines ``build(num_cla
 commands below refer to it as ``custom_model:build`` (the folder is put on PYTHONPATH), then
 inspect, learn (a few steps on the built-in synthetic data), split and verify it.
 
-    .venv/bin/python examples/custom_model.py [--out runs/custom] [--steps 20]
+    .venv/bin/python examples/custom_model.py [--out runs/custom] [--steps 20] [--smoke]
+
+``--smoke`` learns 2 steps on ``synthetic:tiny`` (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -57,15 +59,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/custom")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="2 steps on synthetic:tiny")
     args = parser.parse_args()
+    steps_, data = ("2", "synthetic:tiny") if args.smoke else (str(args.steps), "synthetic:fast")
     splitc = [sys.executable, "-m", "splitc.cli"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time
     steps = [
         ["inspect", "custom_model:build", "--input-size", "3,32,32", "--split-from", "down", "--groups", "2"],
-        ["learn", "custom_model:build", "--data", "synthetic:fast", "--split-from", "down", "--groups", "2",
-         "--max-steps", str(args.steps), "--out", str(out / "run")],
+        ["learn", "custom_model:build", "--data", data, "--split-from", "down", "--groups", "2",
+         "--max-steps", steps_, "--out", str(out / "run")],
         ["split", str(out / "run"), "--out", str(out / "split")],
         ["verify", str(out / "split")],
     ]

@@ -7,7 +7,9 @@ Without ``--data``, it first writes a small ImageFolder of the built-in syntheti
 (4 superclasses x 5 classes) so that the script runs anywhere.
 
     .venv/bin/python examples/resnet18_imagefolder.py [--data PATH] [--input-size 3,64,64]
-        [--epochs 3] [--out runs/resnet18]
+        [--epochs 3] [--out runs/resnet18] [--smoke]
+
+``--smoke`` writes a tiny toy folder and learns 2 steps at 32x32 (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -53,13 +55,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--groups", default="4")
     parser.add_argument("--out", default="runs/resnet18")
+    parser.add_argument("--smoke", action="store_true", help="a tiny toy folder, 2 steps at 32x32")
     args = parser.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    root = Path(args.data) if args.data else write_toy_imagefolder(out / "images")
+    per_class = (8, 4) if args.smoke else (40, 10)
+    root = Path(args.data) if args.data else write_toy_imagefolder(out / "images", per_class)
+    budget = ["--max-steps", "2", "--batch-size", "8"] if args.smoke else ["--epochs", str(args.epochs)]
+    size = "3,32,32" if args.smoke else args.input_size
     data = f"imagefolder:{root}"
-    learned = splitc("learn", "resnet18", "--data", data, "--input-size", args.input_size, "--groups", args.groups,
-                     "--split-from", "layer4", "--epochs", str(args.epochs), "--warmup-epochs", "1",
+    learned = splitc("learn", "resnet18", "--data", data, "--input-size", size, "--groups", args.groups,
+                     "--split-from", "layer4", *budget, "--warmup-epochs", "1" if not args.smoke else "0",
                      "--out", str(out / "run"))
     split = splitc("split", str(out / "run"), "--out", str(out / "split"))
     print(f"val acc {learned['val_acc']:.3f}, superclass ARI {learned['superclass_ari']}, "

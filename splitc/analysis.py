@@ -8,12 +8,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from . import zoo
 from .channel_graph import ChannelIR, build_channel_graph
 from .counting import CostReport, HardAssignment, count
+from .errors import UserCodeError
 from .frontend import trace
 from .scope import Scope, ScopeSpec, layer_kind, resolve_scope
 
@@ -44,12 +46,28 @@ def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
     classes = num_classes or default_num_classes(model_name)
     size = tuple(input_size or zoo.resolve(model_name).default_input_size)
     model = model if model is not None else zoo.build(model_name, classes)
+    check_forward(model, model_name, size)
     gm = trace(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ir = build_channel_graph(gm, size)
     scope = resolve_scope(ir, spec)
     return Analysis(model_name, classes, size, model, gm, ir, scope, count(ir, scope, assignment))
+
+
+def check_forward(model: nn.Module, name: str, size: tuple[int, ...]) -> None:
+    """Run the model once on a sample input, so that a forward that fails in the user's code is
+    reported as theirs (with the input size, the usual culprit) and not as a tracing failure."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *size))
+    except Exception as exc:  # noqa: BLE001 - the model's own code: report it, --debug shows it
+        raise UserCodeError(f"the forward of model {name} on a sample input of shape "
+                            f"{(1, *size)} (set --input-size if that is wrong)", exc) from exc
+    finally:
+        model.train(was_training)
 
 
 def barrier_summary(ir: ChannelIR) -> list[str]:

@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
 import click
 
 from . import __version__
+from .cli_options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SHARE
 from .errors import SplitcError
 
 
 class SplitcGroup(click.Group):
-    """Turns a SplitcError (or a data error) into ``error: ...`` and exit code 2."""
+    """User errors, option errors included, become one ``error: ...`` line and exit code 2.
+
+    ``--debug`` (or ``SPLITC_DEBUG=1``) prints the traceback of the error and its cause as well,
+    for when the user's own model code failed (:class:`~splitc.errors.UserCodeError`)."""
 
     def invoke(self, ctx: click.Context):
-        from .data import DataError
-
         try:
             return super().invoke(ctx)
-        except (SplitcError, DataError) as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (SplitcError, click.UsageError) as exc:
+            if debugging(ctx):
+                traceback.print_exception(exc)
+            usage = isinstance(exc, click.UsageError)
+            message = exc.format_message() if usage else str(exc)
+            where = f" (see 'splitc {ctx.invoked_subcommand} -h')" if usage and ctx.invoked_subcommand else ""
+            click.echo(f"error: {message}{where}", err=True)
             sys.exit(2)
+
+
+def debugging(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("SPLITC_DEBUG", "") not in ("", "0")
 
 
 @click.group(cls=SplitcGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="splitc")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Print full tracebacks of errors (also SPLITC_DEBUG=1).")
+def main(debug: bool) -> None:
     """splitc: learn to split a CNN into disjoint branches (SplitNet) and compile the split.
 
     \b
@@ -35,6 +49,11 @@ def main() -> None:
     MODEL is a built-in (wrn16_8, resnet20, ...), a torchvision classification model name
     (resnet18, ...), or a factory written package.module:callable.
     """
+
+
+def force_option(fn: Callable) -> Callable:
+    return click.option("--force", is_flag=True,
+                        help="Replace an existing output as a whole (no file of it survives).")(fn)
 
 
 def scope_options(fn: Callable) -> Callable:
@@ -56,7 +75,7 @@ def scope_options(fn: Callable) -> Callable:
 def model_options(fn: Callable) -> Callable:
     fn = click.option("--input-size", default=None, metavar="C,H,W",
                       help="Sample input size (default: the model's native size).")(fn)
-    fn = click.option("--num-classes", type=int, default=None, help="Number of classes.")(fn)
+    fn = click.option("--num-classes", type=click.IntRange(min=2), default=None, help="Number of classes.")(fn)
     return fn
 
 
@@ -97,33 +116,34 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--init-groups", type=click.Choice(["learned", "cluster"]), default=None,
               help="learned (default, the paper's) or cluster: start the class groups from a balanced "
                    "spectral clustering of the warmed-up class-mean features.")
-@click.option("--gamma-w", type=float, default=1.0, show_default=True)
-@click.option("--gamma-d", type=float, default=1.0, show_default=True)
-@click.option("--gamma-e", type=float, default=10.0, show_default=True)
-@click.option("--gamma-d-end", type=float, default=None,
+@click.option("--gamma-w", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_W (0 turns it off).")
+@click.option("--gamma-d", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_D at its start.")
+@click.option("--gamma-e", type=NON_NEGATIVE, default=10.0, show_default=True, help="Weight of R_E.")
+@click.option("--gamma-d-end", type=NON_NEGATIVE, default=None,
               help="γ_D rises linearly from --gamma-d to this by the last step (default 10; "
                    "equal to --gamma-d keeps it constant).")
-@click.option("--gamma-d-rise", type=float, default=None,
+@click.option("--gamma-d-rise", type=SHARE, default=None,
               help="Fraction of the regularized steps over which γ_D rises, then holds (default 1.0; "
                    "0.5 left the split far more accurate before finetuning in a short run).")
 @click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer of softmax assignment logits (default adam).")
-@click.option("--assign-lr-mult", type=float, default=None, help="LR multiplier for assignments.")
-@click.option("--warmup-epochs", type=float, default=None, help="Epochs before the regularizers start.")
-@click.option("--soft-epochs", type=float, default=None,
+@click.option("--assign-lr-mult", type=POSITIVE, default=None, help="LR multiplier for assignments.")
+@click.option("--warmup-epochs", type=NON_NEGATIVE, default=None, help="Epochs before the regularizers start.")
+@click.option("--soft-epochs", type=NON_NEGATIVE, default=None,
               help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
-@click.option("--lr-warmup-epochs", type=float, default=None, help="Linear learning-rate warm-up.")
-@click.option("--epochs", type=int, default=None)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--weight-decay", type=float, default=None, help="Default 1e-4, as in the paper.")
+@click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up.")
+@click.option("--epochs", type=AT_LEAST_ONE, default=None)
+@click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=AT_LEAST_ONE, default=None)
+@click.option("--lr", type=POSITIVE, default=None)
+@click.option("--weight-decay", type=NON_NEGATIVE, default=None, help="Default 1e-4, as in the paper.")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
 @click.option("--device", default=None, help="cpu or cuda.")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", default=None, help="Run directory (default runs/learn).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint.")
-@click.option("--overlap", type=float, default=None, help="Fuzzy-node threshold (e.g. 0.1).")
+@force_option
+@click.option("--overlap", type=FRACTION, default=None, help="Fuzzy-node threshold in (0, 1), e.g. 0.1.")
 @click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> None:
@@ -142,12 +162,16 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
                "train_acc": result.train_acc, "val_acc": result.val_acc,
                "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
-               "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps}
+               "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps,
+               "learned": result.learned, "warnings": list(result.warnings)}
     if as_json:
         click.echo(json.dumps(summary))
     else:
         for key, value in summary.items():
-            click.echo(f"{key:21s} {value}")
+            if key != "warnings":
+                click.echo(f"{key:21s} {value}")
+        for warning in result.warnings:  # again after the table, where a user looks last
+            click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -166,14 +190,16 @@ def demo(out: str, fast: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("run_dir")
 @click.option("--out", required=True, help="Split directory to write.")
-@click.option("--overlap", type=float, default=None, help="Duplicate fuzzy nodes above this threshold.")
+@click.option("--overlap", type=FRACTION, default=None, help="Duplicate fuzzy nodes above this threshold, in (0, 1).")
+@force_option
+@click.option("--accept-unlearned", is_flag=True, help="Split a run whose accuracy stayed near chance.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def split(run_dir: str, out: str, overlap, as_json: bool) -> None:
+def split(run_dir: str, out: str, overlap, force: bool, accept_unlearned: bool, as_json: bool) -> None:
     """Compile a learn run into a split model (trunk, branches, merge) and check it."""
     from .split_run import run_split
     from .tables import table
 
-    summary = run_split(run_dir, out, overlap)
+    summary = run_split(run_dir, out, overlap, force=force, accept_unlearned=accept_unlearned)
     if as_json:
         keys = ("split_dir", "params", "flops", "params_reduced_pct", "flops_reduced_pct", "groups",
                 "group_sizes", "max_rel_err")
@@ -232,15 +258,19 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
 @main.command()
 @click.argument("split_dir")
 @click.option("--data", default="synthetic", show_default=True, help="The data the run learned on.")
-@click.option("--epochs", type=int, default=None)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--weight-decay", type=float, default=None, help="Default 5e-4, as in the paper.")
+@click.option("--epochs", type=AT_LEAST_ONE, default=None)
+@click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=AT_LEAST_ONE, default=None)
+@click.option("--lr", type=POSITIVE, default=None)
+@click.option("--weight-decay", type=NON_NEGATIVE, default=None, help="Default 5e-4, as in the paper.")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
 @click.option("--device", default=None, help="cpu or cuda.")
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue a killed finetune from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Start over from the split's weights, replacing an earlier finetune of this split dir.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Model-parallel over N local workers: each holds the trunk and its own branches "
+                   "(gloo on CPU, nccl on GPU; docs/DISTRIBUTED.md). Under torchrun the ranks are torchrun's.")
 @click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
@@ -269,13 +299,15 @@ from .cli_serve import register as register_serve; register_serve(main)  # noqa:
                                             "(default: the largest block-diagonal layer).")
 @click.option("--separate-images", is_flag=True,
               help="Write the PNGs into OUT_files/ beside the page instead of embedding them.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def report(path: str, out: str, layer, separate_images: bool, as_json: bool) -> None:
+def report(path: str, out: str, layer, separate_images: bool, force: bool, as_json: bool) -> None:
     """Write an HTML report of a learn run, a split or an export: the class-to-group map, the
     block structure of a layer's weights, group sizes, per-subgraph costs and training curves."""
     from .report import write_report
 
-    result = write_report(path, out, layer=layer, separate_images=separate_images, progress=not as_json)
+    result = write_report(path, out, layer=layer, separate_images=separate_images, progress=not as_json,
+                          force=force)
     if as_json:
         click.echo(json.dumps({k: result[k] for k in ("report", "kind", "figures", "notes")}))
         return

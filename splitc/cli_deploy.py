@@ -19,12 +19,13 @@ DEVICES_HELP = ("auto (every GPU torch sees, else the CPU), cpu, cpu,cpu (two CP
 @click.argument("split_dir")
 @click.option("--out", required=True, help="Artifact directory to write (ONNX files + manifest.json).")
 @click.option("--devices", default="auto", show_default=True, help=f"Placement: {DEVICES_HELP}.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact directory as a whole.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def export(split_dir: str, out: str, devices: str, as_json: bool) -> None:
+def export(split_dir: str, out: str, devices: str, force: bool, as_json: bool) -> None:
     """Export a split directory to ONNX: one file per subgraph, a fused graph, the unsplit model."""
     from .export import export_split
 
-    manifest, times = export_split(split_dir, out, devices, progress=not as_json)
+    manifest, times = export_split(split_dir, out, devices, progress=not as_json, force=force)
     rows = [{"name": s.name, "role": s.role, "device": s.device, "file": s.graph.model_file,
              "params": s.graph.params, "flops": s.graph.flops} for s in manifest.subgraphs]
     summary = {"artifact_dir": str(out), "devices": list(manifest.devices), "subgraphs": rows,

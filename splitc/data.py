@@ -22,6 +22,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from splitc import synthetic
+from splitc.errors import SplitcError
 
 Size = tuple[int, int, int]
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -38,7 +39,7 @@ _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexE
                   TypeError, AttributeError, ImportError, OverflowError, UnicodeDecodeError)
 
 
-class DataError(Exception):
+class DataError(SplitcError):
     """A user-facing data problem; the message names the problem and the fix."""
 
 
@@ -71,6 +72,7 @@ def describe_specs() -> str:
         f"({synthetic.NUM_SUPERCLASSES} superclasses x {synthetic.CLASSES_PER_SUPERCLASS}), "
         f"{tr}+{va} per class, 3x32x32",
         f"synthetic:fast     same, {ftr}+{fva} per class (quick runs/tests)",
+        "synthetic:tiny     same, {}+{} per class (smoke runs of the examples)".format(*synthetic.SIZES["tiny"]),
         "digits             sklearn 8x8 digits (offline), 10 classes, 80/20 stratified split",
         "cifar100:PATH      official cifar-100-python pickles (train, test, meta) in PATH or "
         "PATH/cifar-100-python; val = test set; superclasses = coarse labels",

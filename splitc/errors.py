@@ -27,3 +27,13 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     hits = close_matches(word, candidates)
     return f" Did you mean: {', '.join(hits)}?" if hits else ""
+
+
+class UserCodeError(SplitcError):
+    """The user's own code (a model factory, a forward pass) raised: one line naming it and the
+    exception; ``--debug`` / ``SPLITC_DEBUG=1`` prints the traceback (kept as ``__cause__``)."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        super().__init__(f"{what} raised {detail} (rerun with --debug or SPLITC_DEBUG=1 for the traceback).")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import SplitcError
+from .outputs import claim, replacing
 from .manifest import (BATCH, MANIFEST, SCHEMA_VERSION, GraphEntry, Manifest, ModelIdentity, SubgraphEntry,
                        TensorInfo, file_entry, parse_devices, place, read_manifest, sha256_of)
 from .split import subgraph_inputs
@@ -43,7 +44,7 @@ FUSED_FILE = "fused.onnx"
 
 
 def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: str | Sequence[str] = "auto",
-                 progress: bool = False) -> tuple[Manifest, dict[str, float]]:
+                 progress: bool = False, force: bool = False) -> tuple[Manifest, dict[str, float]]:
     """Export ``split_dir`` into ``out``; returns the manifest and the seconds of each phase.
 
     Everything runs in this process. A spawned export worker overlapping the split's rebuild
@@ -53,60 +54,60 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
     target = parse_devices(devices, torch.cuda.device_count())
     meta = read_meta(split_dir)
     folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise SplitcError(f"--out {folder} is a file; pass a directory.")
+    claim(folder, force)  # before the minutes of rebuilding and exporting
     steps = tqdm(total=len(meta["plan"]["subgraphs"]) + 3, desc="export", unit="step", disable=not progress,
                  leave=False)
     steps.set_postfix_str("rebuilding the split")
     loaded = load_split(split_dir)
     steps.update()
     times["load"] = time.perf_counter() - start
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)  # a half-written folder must never load
-    plan, size = loaded.model.plan, loaded.input_size
-    costs = _stored_costs(loaded)
-    split_model, weights_file, class_names = loaded.model, loaded.weights_file, loaded.class_names
-    scope_text = loaded.analysis.scope.spec.describe()
-    # Only the split model is exported from here on: dropping the unsplit and masked copies
-    # halves the peak memory, which decides whether a 600M-parameter model fits in 24 GiB.
-    del loaded
-    gc.collect()
-    examples = subgraph_inputs(split_model, torch.randn(EXAMPLE_BATCH, *size))
-    entries = []
-    for s in plan.subgraphs:
-        steps.set_postfix_str(s.name)
-        graph = export_graph(split_model.subgraph(s.name), examples[s.name], folder, f"{s.name}.onnx",
-                             costs[s.name], s.num_outputs, sources=s.inputs)
-        entries.append(SubgraphEntry(s.name, s.role, s.level, s.group, s.parent, graph, target[0]))
+    with replacing(folder, force):  # an old export is set aside, deleted once this one is written
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MANIFEST).unlink(missing_ok=True)  # a half-written folder must never load
+        plan, size = loaded.model.plan, loaded.input_size
+        costs = _stored_costs(loaded)
+        split_model, weights_file, class_names = loaded.model, loaded.weights_file, loaded.class_names
+        scope_text = loaded.analysis.scope.spec.describe()
+        # Only the split model is exported from here on: dropping the unsplit and masked copies
+        # halves the peak memory, which decides whether a 600M-parameter model fits in 24 GiB.
+        del loaded
+        gc.collect()
+        examples = subgraph_inputs(split_model, torch.randn(EXAMPLE_BATCH, *size))
+        entries = []
+        for s in plan.subgraphs:
+            steps.set_postfix_str(s.name)
+            graph = export_graph(split_model.subgraph(s.name), examples[s.name], folder, f"{s.name}.onnx",
+                                 costs[s.name], s.num_outputs, sources=s.inputs)
+            entries.append(SubgraphEntry(s.name, s.role, s.level, s.group, s.parent, graph, target[0]))
+            steps.update()
+        steps.set_postfix_str("unsplit")
+        del split_model, examples
+        gc.collect()
+        unsplit = export_graph(unsplit_module(split_dir), (torch.randn(EXAMPLE_BATCH, *size),), folder, UNSPLIT_FILE,
+                               costs["unsplit"], 1, in_names=("input",), out_names=("logits",))
+        gc.collect()
         steps.update()
-    steps.set_postfix_str("unsplit")
-    del split_model, examples
-    gc.collect()
-    unsplit = export_graph(unsplit_module(split_dir), (torch.randn(EXAMPLE_BATCH, *size),), folder, UNSPLIT_FILE,
-                           costs["unsplit"], 1, in_names=("input",), out_names=("logits",))
-    gc.collect()
-    steps.update()
-    times["export"] = time.perf_counter() - start - times["load"]
-    t = time.perf_counter()
-    steps.set_postfix_str("fused")
-    fused = fuse(folder, entries, FUSED_FILE)
-    steps.update()
-    steps.close()
-    times["fuse"] = time.perf_counter() - t
-    where = place(tuple(entries), target)
-    weights = Path(split_dir) / weights_file
-    manifest = Manifest(
-        schema=SCHEMA_VERSION, splitc_version=__version__,
-        model=ModelIdentity(meta["model"], meta["num_classes"], tuple(size), scope_text,
-                            tuple(plan.groups)),
-        source={"split_dir": str(Path(split_dir).resolve()), "weights": weights_file,
-                "weights_sha256": sha256_of(weights)},
-        opset=OPSET, example_batch=EXAMPLE_BATCH, class_names=tuple(class_names),
-        class_groups=tuple(plan.class_groups), devices=target,
-        subgraphs=tuple(replace(e, device=where[e.name]) for e in entries),
-        fused=fused, unsplit=unsplit,
-        unsplit_is="original" if meta.get("overlap") else "masked")
-    write_json(folder / MANIFEST, manifest.to_dict())
+        times["export"] = time.perf_counter() - start - times["load"]
+        t = time.perf_counter()
+        steps.set_postfix_str("fused")
+        fused = fuse(folder, entries, FUSED_FILE)
+        steps.update()
+        steps.close()
+        times["fuse"] = time.perf_counter() - t
+        where = place(tuple(entries), target)
+        weights = Path(split_dir) / weights_file
+        manifest = Manifest(
+            schema=SCHEMA_VERSION, splitc_version=__version__,
+            model=ModelIdentity(meta["model"], meta["num_classes"], tuple(size), scope_text,
+                                tuple(plan.groups)),
+            source={"split_dir": str(Path(split_dir).resolve()), "weights": weights_file,
+                    "weights_sha256": sha256_of(weights)},
+            opset=OPSET, example_batch=EXAMPLE_BATCH, class_names=tuple(class_names),
+            class_groups=tuple(plan.class_groups), devices=target,
+            subgraphs=tuple(replace(e, device=where[e.name]) for e in entries),
+            fused=fused, unsplit=unsplit,
+            unsplit_is="original" if meta.get("overlap") else "masked")
+        write_json(folder / MANIFEST, manifest.to_dict())
     times["total"] = time.perf_counter() - start
     return manifest, times
 

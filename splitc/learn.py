@@ -26,8 +26,10 @@ continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from .assign import (
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
 from .data import DataBundle, accuracy, epoch_loader, load_data
 from .errors import SplitcError
+from .outputs import fresh
 from .learn_groups import (
     class_groups,
     class_space_levels,
@@ -57,6 +60,7 @@ from .learn_groups import (
     split_input_class_means,
     superclass_ari,
 )
+from .learn_health import LEARNED_FLAG, chance_warning, near_chance
 from .learn_optim import ASSIGN_OPTIMIZERS, disjoint_weight, make_optimizers, set_lr
 from .passes.harden import fuzzy_nodes
 from .passes.mask import mask_inter_group
@@ -68,6 +72,7 @@ ASSIGNMENT = "assignment.json"
 FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
 REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
 INIT_GROUPS = ("learned", "cluster")
+DEFAULT_GROUPS = "4"
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class LearnConfig:
 
     model: str = "resnet20"
     data: str = "synthetic"
-    groups: str = "4"
+    groups: str | None = None       # None: the preset's groups, else DEFAULT_GROUPS
     split_from: str | None = None
     split_depth: str | None = None
     preset: str | None = None
@@ -103,10 +108,15 @@ class LearnConfig:
     seed: int = 0
     out: str = "runs/learn"
     resume: bool = False
+    force: bool = False             # replace an existing --out as a whole
     overlap: float | None = None
     flip: bool = True
     checkpoint_every: int | None = None  # extra checkpoints every N steps (epoch ends always)
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.groups is None and self.preset is None:  # a preset brings its own groups
+            object.__setattr__(self, "groups", DEFAULT_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,8 @@ class LearnResult:
     classifier_energy_ari: float | None = None  # the same clustering of what R_W sees of each class
     cut_energy: float | None = None  # share of cut layers' weight energy between the argmax groups
     masked_val_acc: float | None = None  # accuracy with inter-group weights zeroed: the split's start
+    learned: bool = True             # validation accuracy cleared chance (learn_health)
+    warnings: tuple[str, ...] = ()   # one line each, already printed during the run
 
 
 @dataclass
@@ -148,13 +160,16 @@ class _Run:
     energy_ari: float | None = None
     train_correct: int = 0
     train_seen: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def learn(config: LearnConfig, progress: bool = True) -> LearnResult:
     """Train weights and assignments; write checkpoint, metrics and assignment.json under ``out``."""
-    if not config.resume and (Path(config.out) / CHECKPOINT).exists():
-        raise SplitcError(f"{Path(config.out) / CHECKPOINT} already exists; pass --resume to "
-                          "continue that run, or choose another --out folder.")
+    if config.resume and config.force:
+        raise SplitcError("--resume continues the run in --out and --force replaces it; pass one of them.")
+    _check_config(config)
+    if not config.resume:
+        fresh(config.out, config.force, resume=True)
     run = _setup(config)
     if config.resume:
         _restore(run)
@@ -177,8 +192,7 @@ def _check_config(config: LearnConfig) -> None:
         raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
     if not 0 < config.gamma_d_rise <= 1:
         raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
-    if config.batch_size < 1 or (config.max_steps is not None and config.max_steps < 1):
-        raise SplitcError("--batch-size and --max-steps must be at least 1.")
+    check_numbers(config)
     if config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
     if config.init_groups == "cluster" and config.assign == "random":
@@ -186,9 +200,27 @@ def _check_config(config: LearnConfig) -> None:
                           "--assign softmax / reduced-gradient.")
 
 
+def check_numbers(config: LearnConfig) -> None:
+    """The CLI's option types say the same; this guards API callers."""
+    positive = {"--lr": config.lr, "--assign-lr-mult": config.assign_lr_mult}
+    non_negative = {"--gamma-w": config.gamma_w, "--gamma-d": config.gamma_d, "--gamma-e": config.gamma_e,
+                    "--gamma-d-end": config.gamma_d_end, "--weight-decay": config.weight_decay,
+                    "--warmup-epochs": config.warmup_epochs, "--soft-epochs": config.soft_epochs,
+                    "--lr-warmup-epochs": config.lr_warmup_epochs}
+    for name, value in {**positive, **non_negative}.items():
+        if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+            kind = "a finite number > 0" if name in positive else "a finite number >= 0"
+            raise SplitcError(f"{name} must be {kind}, got {value}.")
+    counts = {"--epochs": config.epochs, "--batch-size": config.batch_size, "--max-steps": config.max_steps}
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise SplitcError(f"{name} must be at least 1, got {value}.")
+    if config.overlap is not None and not 0 < config.overlap < 1:
+        raise SplitcError(f"--overlap must be in (0, 1), got {config.overlap}.")
+
+
 def _setup(config: LearnConfig) -> _Run:
     """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
-    _check_config(config)
     torch.manual_seed(config.seed)
     bundle = load_data(config.data, config.input_size, seed=config.seed, flip=config.flip)
     spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
@@ -343,6 +375,14 @@ def masked_val_acc(run: _Run) -> float:
     return evaluate(run, masked.to(run.device))
 
 
+def warn(run: _Run, message: str) -> None:
+    """One warning line, printed now (above the progress bar) and kept for the summary."""
+    if message not in run.warnings:
+        run.warnings.append(message)
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+        _log(run, {"kind": "warning", "step": run.step, "message": message})
+
+
 def _log(run: _Run, record: dict[str, Any]) -> None:
     append_metrics(run.run_dir / METRICS, record)
 
@@ -406,6 +446,10 @@ def _finish(run: _Run, val_acc: float) -> LearnResult:
                            s in run.frozen) for s in sorted(soft)]
     shares = _cut_energy(run)
     masked_acc = masked_val_acc(run) if run.aset.by_space else None
+    classes, n_val = run.bundle.num_classes, len(run.bundle.val)
+    learned = not near_chance(val_acc, classes, n_val)
+    if not learned:
+        warn(run, chance_warning(val_acc, classes, n_val, "at the end of the run"))
     mapping = class_groups(run.aset, run.analysis.ir, run.bundle.class_names)
     ari = superclass_ari(run.bundle.superclass_of, None if mapping is None else list(mapping.values()))
     features = (None if run.feature_groups is None
@@ -413,10 +457,11 @@ def _finish(run: _Run, val_acc: float) -> LearnResult:
     doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
            "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
            "classifier_energy_ari": run.energy_ari, "cut_energy": shares, "masked_val_acc": masked_acc,
-           "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc}
+           "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
+           LEARNED_FLAG: learned, "warnings": run.warnings}
     tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     os.replace(tmp, run.run_dir / ASSIGNMENT)
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
-                       run.energy_ari, shares.get("total"), masked_acc)
+                       run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import report_figures as figs
 from .errors import SplitcError
+from .outputs import claim, remove
 
 HOW = ("pass a learn run (the --out folder of `splitc learn`), a split directory (`splitc split`) "
        "or an artifact directory (`splitc export`)")
@@ -119,12 +120,14 @@ def load(src: Inputs) -> Inputs:
 
 
 def write_report(path: str | os.PathLike, out: str | os.PathLike, layer: str | None = None,
-                 separate_images: bool = False, progress: bool = True) -> dict[str, Any]:
+                 separate_images: bool = False, progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Build the report of ``path`` into the HTML file ``out``; returns a summary with the
     figures written and the heatmap's class rows (name, group) in display order."""
-    target = Path(out)
-    if target.is_dir():
-        raise SplitcError(f"--out {target} is a directory; pass the HTML file to write (e.g. report.html).")
+    target = claim(out, force, is_dir=False)
+    claim(side_folder(target), force)  # the PNGs of an earlier --separate-images report
+    if force:
+        for old in (target, side_folder(target)):
+            remove(old)
     with tqdm(total=5, desc="report", disable=not progress, leave=False) as bar:
         bar.set_postfix_str("loading")
         src = load(locate(path))
@@ -379,11 +382,15 @@ def group_table(rows, labels, names, supers, super_names) -> list[list[str]]:
 
 # --- the page -----------------------------------------------------------------------------------
 
+def side_folder(target: Path) -> Path:
+    return target.with_name(f"{target.stem}_files")
+
+
 def render(src: Inputs, figures, summary, subgraph_table, groups_table, target: Path,
            separate: bool) -> tuple[str, dict[str, str]]:
     """The HTML page; each figure is a data URI, or a PNG in ``<stem>_files/`` when ``separate``."""
     files: dict[str, str] = {}
-    side = target.with_name(f"{target.stem}_files")
+    side = side_folder(target)
     if separate:
         side.mkdir(parents=True, exist_ok=True)
     parts = []

@@ -22,6 +22,8 @@ from .assign import AssignmentSet
 from .checkpoint import load_checkpoint
 from .counting import Cost, HardAssignment, balanced_assignment, count
 from .errors import SplitcError
+from .learn_health import LEARNED_FLAG
+from .outputs import claim, replacing
 from .passes.harden import harden
 from .scope import ScopeSpec, make_spec
 from .split import compile_split, subgraph_costs, total_cost
@@ -79,8 +81,13 @@ def max_rel_err(model: SplitModel, reference: torch.nn.Module, input_size, batch
     return worst
 
 
-def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float | None = None) -> dict[str, Any]:
-    """Split a learn run into ``out``; returns the summary (also stored in split.json)."""
+def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float | None = None,
+              force: bool = False, accept_unlearned: bool = False) -> dict[str, Any]:
+    """Split a learn run into ``out``; returns the summary (also stored in split.json).
+    An ``out`` that holds anything is refused unless ``force`` (then replaced as a whole), and
+    a run that stayed near chance unless ``accept_unlearned``."""
+    claim(out, force)  # before minutes of loading
+    check_learned(Path(run_dir), accept_unlearned)
     ckpt, analysis, aset = load_run(run_dir)
     hardened = harden(analysis.ir, analysis.scope, aset.soft(), overlap)
     hard = hardened.assignment
@@ -88,12 +95,28 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
         hard = HardAssignment(hard.groups_of_space, {s: dict(nodes) for s, nodes in hardened.fuzzy.items() if nodes})
     origin = {"run_dir": str(Path(run_dir).resolve()), "assign": ckpt["identity"]["assign"],
               "data": ckpt["identity"]["data"]}
-    return write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin)
+    return write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
+
+
+def check_learned(run_dir: Path, accept_unlearned: bool) -> None:
+    """Refuse a run whose assignment.json says it did not learn (learn_health's rule)."""
+    try:
+        doc = json.loads((run_dir / "assignment.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # killed before its end: load_run says what is missing, or the checkpoint is used as is
+    if doc.get(LEARNED_FLAG, True) or accept_unlearned:
+        return
+    raise SplitcError(f"{run_dir} did not learn (validation accuracy {doc.get('val_acc', 0):.3f}, near chance "
+                      f"for {doc.get('num_classes')} classes), so its groups are noise; learn longer, or pass "
+                      "--accept-unlearned to split it anyway.")
 
 
 def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike,
-                class_names: list[str] | None = None, origin: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compile ``hard`` on the analysed model, check it, count it and write the split dir."""
+                class_names: list[str] | None = None, origin: dict[str, Any] | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Compile ``hard`` on the analysed model, check it, count it and write the split dir
+    (refusing an ``out`` that holds anything, unless ``force``)."""
+    claim(out, force)
     compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard)
     err = max_rel_err(compiled.model, compiled.masked, analysis.input_size)
     summary = structural_report(analysis, hard, compiled.model, err)
@@ -103,18 +126,20 @@ def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike
             "overlap": {str(s): [[n, list(gs)] for n, gs in nodes.items()] for s, nodes in hard.overlap.items()},
             "class_names": class_names or [str(i) for i in range(analysis.num_classes)],
             "plan": compiled.model.plan.to_dict(), **(origin or {}), "report": summary}
-    save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked)
+    with replacing(out, force):
+        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked)
     return {"split_dir": str(out), **summary}
 
 
 def random_split(model: str, spec: ScopeSpec, out: str | os.PathLike, num_classes: int | None = None,
-                 input_size: tuple[int, int, int] | None = None, seed: int = 0) -> dict[str, Any]:
+                 input_size: tuple[int, int, int] | None = None, seed: int = 0,
+                 force: bool = False) -> dict[str, Any]:
     """A split directory from a random balanced assignment on freshly initialised weights: no
     training, for tests, coverage and export benchmarks."""
     torch.manual_seed(seed)
     analysis = analyse(model, spec, num_classes, input_size)
     hard = balanced_assignment(analysis.ir, analysis.scope, np.random.default_rng(seed))
-    return write_split(analysis, hard, out, origin={"assign": "random", "data": None})
+    return write_split(analysis, hard, out, origin={"assign": "random", "data": None}, force=force)
 
 
 def structural_report(analysis: Analysis, hard: HardAssignment, model: SplitModel, err: float) -> dict[str, Any]:

@@ -56,7 +56,7 @@ CLASS_NAMES: tuple[str, ...] = tuple(f"{SUPERCLASS_NAMES[i // CLASSES_PER_SUPERC
                                      for i, shape in enumerate(SHAPES))
 SUPERCLASS_OF: tuple[int, ...] = tuple(c // CLASSES_PER_SUPERCLASS for c in range(NUM_CLASSES))
 # (train, val) images per class for each ``synthetic:<size>`` variant.
-SIZES: dict[str, tuple[int, int]] = {"default": (500, 100), "fast": (60, 20)}
+SIZES: dict[str, tuple[int, int]] = {"default": (500, 100), "fast": (60, 20), "tiny": (8, 4)}
 
 Array = np.ndarray
 Renderer = Callable[[np.random.Generator, int], Array]  # -> (n, S, S) mask in [0, 1]
