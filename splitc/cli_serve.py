@@ -5,6 +5,8 @@ cli_deploy. Ray and tritonclient are extras, imported only when a command runs."
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 
 import click
@@ -44,6 +46,7 @@ def serve(art_dir: str, address, host: str, port: int, replicas: int, fused: boo
         return
     try:
         info = serving.start(art_dir, address, host, port, replicas, fused, devices, pin_prefix, timeout_s)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init: `kill` stops Ray too
         click.echo(json.dumps(info)) if as_json else _print_table(info)
         while True:
             time.sleep(3600)
