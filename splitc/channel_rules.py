@@ -253,14 +253,15 @@ def pad_rule(ctx: RuleContext) -> torch.Tensor | None:
 
 @channel_rule(Kind.SOFTMAX)
 def softmax_rule(ctx: RuleContext) -> torch.Tensor | None:
-    """Softmax over positions of one channel (attention pooling over H*W) keeps the labels;
-    over varying channels it mixes them, like a reduction across channels."""
+    """Softmax over positions of one channel (attention pooling over H*W) or over parallel
+    paths (SK's path attention) keeps the labels; over channels it mixes them, like a
+    reduction across channels."""
     labels = ctx.label_args[0]
     dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
     if dim is None:
         return None
-    if bool((labels == labels.narrow(dim, 0, 1)).all()):
-        return labels
+    if bool((labels == labels.narrow(dim, 0, 1)).all()) or _tie_parallel_fibers(ctx, labels, (dim,)):
+        return labels  # over positions of one channel, or over parallel paths (SK attention)
     ctx.builder.flag(labels.unique(), "shared_only", f"softmax across channels by {ctx.node.name}")
     return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=labels)
 
@@ -343,7 +344,9 @@ def _same_structure(labels: Any, real: Any) -> bool:
 @channel_rule(Kind.REDUCE)
 def reduce_rule(ctx: RuleContext) -> torch.Tensor | None:
     """A reduction keeps channels when it only runs over positions of one channel (spatial
-    mean); across channels it mixes them: the inputs become shared_only, the output is new."""
+    mean), or over parallel paths that each carry the channel (SK's and ResNeSt's sum over
+    paths: like a residual add, it ties channel c of every path); otherwise it mixes channels:
+    the inputs become shared_only, the output is new."""
     labels = ctx.label_args[0]
     dims = ctx.arg(1, "dim")
     keepdim = bool(ctx.arg(2, "keepdim", False))
@@ -353,5 +356,25 @@ def reduce_rule(ctx: RuleContext) -> torch.Tensor | None:
     low = labels.amin(dim=dims, keepdim=keepdim)
     if bool((low == labels.amax(dim=dims, keepdim=keepdim)).all()):
         return low
+    if _tie_parallel_fibers(ctx, labels, dims):
+        return low
     ctx.builder.flag(labels.unique(), "shared_only", f"reduced across channels by {ctx.node.name}")
     return ctx.builder.fresh_like(ctx.out, ctx.node, "derived", inputs=labels)
+
+
+def _tie_parallel_fibers(ctx: RuleContext, labels: torch.Tensor, dims: tuple[int, ...]) -> bool:
+    """Tie the entries each output position reduces (its fiber) when fibers are pairwise equal
+    or disjoint and more than one is distinct: parallel paths, one channel per fiber. A mean
+    over all channels (one distinct fiber) or overlapping windows are not that."""
+    dims = tuple(d % labels.dim() for d in dims)
+    rest = [d for d in range(labels.dim()) if d not in dims]
+    size = int(np.prod([labels.shape[d] for d in dims]))
+    fibers = torch.unique(labels.permute(*rest, *dims).reshape(-1, size).sort(dim=1).values, dim=0)
+    if len(fibers) < 2:
+        return False
+    stride = int(labels.max()) + 1
+    pairs = torch.unique(torch.arange(len(fibers))[:, None] * stride + fibers)
+    if len(torch.unique(pairs % stride)) != len(pairs):  # an element in two fibers
+        return False
+    ctx.builder.tie(fibers, fibers[:, :1].expand_as(fibers))
+    return True

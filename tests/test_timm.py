@@ -39,6 +39,7 @@ class FunctionalNet(nn.Module):
         self.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
         self.bn = nn.BatchNorm2d(width)
         self.gn = nn.GroupNorm(2, width)
+        self.select = nn.Conv2d(width, 2 * width, 1)
         self.head = nn.Linear(width, classes)
 
     def block(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +63,10 @@ class FunctionalNet(nn.Module):
             return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
         if op == "softmax_hw":  # attention pooling over positions of one channel (GCNet)
             return x * x.flatten(2).softmax(-1).view_as(x)
+        if op == "paths":  # SK / ResNeSt: parallel paths, a softmax over paths, their weighted sum
+            paths = torch.stack([x, self.dw(x)], dim=1)
+            logits = self.select(paths.sum(1).mean((2, 3), keepdim=True))
+            return (paths * logits.view(x.shape[0], 2, -1, 1, 1).softmax(dim=1)).sum(dim=1)
         raise ValueError(op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +76,7 @@ class FunctionalNet(nn.Module):
 
 
 OPS = ("batch_norm", "conv", "grouped_conv", "depthwise_conv", "group_norm", "group_norm_module", "pad",
-       "activations", "interpolate", "softmax_hw")
+       "activations", "interpolate", "softmax_hw", "paths")
 
 
 def split_check(model: nn.Module, input_size, spec: ScopeSpec, seed: int = 0, batch: int = 3):
@@ -129,6 +134,19 @@ def test_weight_standardised_conv_is_a_named_barrier() -> None:
 
     _, ir = analyse(StdConvNet("conv"), SIZE)
     assert any("conv2d" in what for what in ir.barriers)
+
+
+def test_mean_over_all_channels_still_mixes_them() -> None:
+    """Only parallel paths are tied by a reduction: a mean over every channel (a spatial
+    attention map) stays a channel-mixing op (shared_only), never one giant node."""
+
+    class ChannelMean(FunctionalNet):
+        def block(self, x):
+            return x * x.mean(1, keepdim=True).sigmoid()
+
+    _, ir = analyse(ChannelMean("pad"), SIZE)
+    stem_space = ir.spaces[ir.space_of[ir.layer("stem").out_elems[0]]]
+    assert "shared_only" in stem_space.flags and stem_space.num_nodes == 8
 
 
 def test_padding_the_channel_dim_is_a_barrier() -> None:
