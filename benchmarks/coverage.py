@@ -105,8 +105,8 @@ def stopped_by(ir, start: str) -> str:
     if flagged is None:
         return ""
     reason = next(iter(flagged.flags.values()))
-    if reason.startswith("no channel rule for "):
-        return reason[len("no channel rule for "):].split(" (node")[0]
+    if " (node " in reason:  # an op without a rule, or whose rule declined: "[no channel rule for ]OP[ why]"
+        return reason.removeprefix("no channel rule for ").split(" (node")[0]
     nodes = {n.name: n for n in ir.gm.graph.nodes}
     words = reason.replace("(", " ").replace(")", " ").split()
     node = next((nodes[w] for w in reversed(words) if w in nodes), None)
@@ -153,14 +153,15 @@ def cover(name: str, work: Path) -> dict:
         warnings.simplefilter("ignore")
         probe = analyse(name, make_spec("2", split_depth="1"), input_size=size)
         lap("trace+inspect")
-        start = last_stage(probe.ir)
+        start = stage = last_stage(probe.ir)
+        why = ""
         try:
             analysis = analyse(name, ScopeSpec((2,), split_from=(start,)), input_size=size)
-        except SplitcError:
-            analysis, start = probe, "the classifier (split-depth 1)"
+        except SplitcError as exc:
+            analysis, start, why = probe, "the classifier (split-depth 1)", str(exc).split(". ")[0]
         row["scope"] = start
-        if start != last_stage(probe.ir) or analysis.scope.notes:
-            row["stopped_by"] = stopped_by(probe.ir, last_stage(probe.ir))
+        if start != stage or analysis.scope.notes:
+            row["stopped_by"] = stopped_by(probe.ir, stage) or why
         del probe  # one copy of the weights at a time: the largest models need most of 24 GiB
         aset = learn_two_steps(analysis)
         lap("learn")

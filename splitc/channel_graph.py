@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .channel_rules import RULES, RuleContext
+from .channel_rules import RULES, Decline, RuleContext
 from .opkinds import kind_of, target_name
 
 FLAGS = ("opaque", "shared_only")
@@ -259,13 +259,15 @@ class ChannelGraphBuilder:
         tensor of entries, so passes permute and slice it by the layer's axes."""
         self.param_uses = [u for u in self.param_uses if not (u.param == param and u.dim is None)]
 
-    def opaque(self, node: fx.Node, label_inputs: list[torch.Tensor], out: Any) -> Any:
-        """No rule (or the rule declined): freeze the inputs, give the output opaque elements."""
+    def opaque(self, node: fx.Node, label_inputs: list[torch.Tensor], out: Any, why: str | None = None) -> Any:
+        """No rule (or the rule declined, saying ``why``): freeze the inputs, give the output
+        opaque elements."""
         what = target_name(node)
-        reason = f"no channel rule for {what} (node {node.name})"
+        reason = f"no channel rule for {what} (node {node.name})" if why is None else f"{what} {why} (node {node.name})"
         self.barriers.setdefault(what, []).append(node.name)
-        self.warnings.append(f"{reason}: treated as a scope barrier; register a rule with "
-                             "@channel_rule to split through it")
+        fix = ("register a rule with @channel_rule to split through it" if why is None
+               else "choose --split-from below it")
+        self.warnings.append(f"{reason}: treated as a scope barrier; {fix}")
         inputs = torch.cat([t.reshape(-1) for t in label_inputs]) if label_inputs else None
         if inputs is not None:
             self.flag(inputs.unique(), "opaque", reason)
@@ -330,9 +332,9 @@ class LabelInterpreter(fx.Interpreter):
             module = self.builder.modules.get(n.target) if n.op == "call_module" else None
             ctx = RuleContext(n, module, args, kwargs, label_args, label_kwargs, out, self.builder)
             result = rule(ctx)
-        if result is None:
+        if result is None or isinstance(result, Decline):
             inputs = _flat_tensors((label_args, label_kwargs))
-            result = self.builder.opaque(n, inputs, out)
+            result = self.builder.opaque(n, inputs, out, getattr(result, "why", None))
         return result
 
 

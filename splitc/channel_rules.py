@@ -12,7 +12,8 @@ labels of its output, recording ties and weight layers on the builder as it goes
 
 Rules are pure functions of their :class:`RuleContext`, registered once per :class:`Kind` with
 ``@channel_rule``; registering a kind twice raises. A node whose kind has no rule, or whose rule
-returns None, becomes an opaque barrier (see ``channel_graph``).
+returns None or a :class:`Decline` (which says why), becomes an opaque barrier (see
+``channel_graph``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def channel_rule(kind: Kind) -> Callable[[RuleFn], RuleFn]:
         return fn
 
     return register
+
+
+@dataclass(frozen=True)
+class Decline:
+    """A rule's answer for a form of its op that channels cannot follow; ``why`` completes
+    "<op> ..." in the barrier's warning."""
+
+    why: str
 
 
 @dataclass
@@ -106,18 +115,18 @@ class FunctionalLayer:
     bias: Any
 
 
-def functional_layer(ctx: RuleContext) -> FunctionalLayer | None:
+def functional_layer(ctx: RuleContext) -> FunctionalLayer | Decline:
     """The layer a functional conv/linear call stands for, when its weight (and bias) are
-    parameters ``P.weight`` (``P.bias``) read directly; None for a computed weight (weight
-    standardisation), which no pass could slice."""
+    parameters ``P.weight`` (``P.bias``) read directly; a computed weight (timm's weight
+    standardisation) declines: no pass could slice it."""
     weight_node = _node_arg(ctx.node, 1, "weight")
     bias_node = _node_arg(ctx.node, 2, "bias")
-    if not (_is_param_read(weight_node, "weight") and len(weight_node.users) == 1):
-        return None
+    if not _is_param_read(weight_node, "weight"):
+        return Decline("computes its weight from parameters (weight standardisation), which a branch cannot slice")
     name = str(weight_node.target)[: -len(".weight")]
-    if bias_node is not None and not (_is_param_read(bias_node, "bias") and str(bias_node.target) == f"{name}.bias"
-                                      and len(bias_node.users) == 1):
-        return None
+    if len(weight_node.users) > 1 or (bias_node is not None and not (
+            _is_param_read(bias_node, "bias") and str(bias_node.target) == f"{name}.bias" and len(bias_node.users) == 1)):
+        return Decline("shares its parameters with other ops or reads a bias that is not its own")
     weight = ctx.arg(1, "weight")
     groups = int(ctx.arg(6, "groups", 1)) if weight.dim() > 2 else 1  # a linear weight is 2-D
     for node in (weight_node, bias_node):
@@ -135,8 +144,10 @@ def _is_param_read(node: Any, suffix: str) -> bool:
 
 
 @channel_rule(Kind.CONV)
-def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
+def conv_rule(ctx: RuleContext) -> torch.Tensor | Decline | None:
     conv = ctx.module if ctx.module is not None else functional_layer(ctx)
+    if isinstance(conv, Decline):
+        return conv
     if conv is None or ctx.out.dim() != 4:
         return None
     in_elems = channel_elems(ctx.label_args[0], 1, ctx.builder)
@@ -146,8 +157,10 @@ def conv_rule(ctx: RuleContext) -> torch.Tensor | None:
 
 
 @channel_rule(Kind.LINEAR)
-def linear_rule(ctx: RuleContext) -> torch.Tensor | None:
+def linear_rule(ctx: RuleContext) -> torch.Tensor | Decline | None:
     linear = ctx.module if ctx.module is not None else functional_layer(ctx)
+    if isinstance(linear, Decline):
+        return linear
     if linear is None:
         return None
     in_elems = channel_elems(ctx.label_args[0], -1, ctx.builder)
@@ -239,14 +252,14 @@ def pool_rule(ctx: RuleContext) -> torch.Tensor | None:
 
 
 @channel_rule(Kind.PAD)
-def pad_rule(ctx: RuleContext) -> torch.Tensor | None:
+def pad_rule(ctx: RuleContext) -> torch.Tensor | Decline | None:
     """Padding of the spatial dims keeps each channel's positions in that channel (a padded
     entry belongs to its channel); padding the channel dim itself declines (a barrier)."""
     labels = ctx.label_args[0]
     pad = ctx.module.padding if ctx.module is not None else ctx.arg(1, "pad")
     pad = (pad,) * 4 if isinstance(pad, int) else tuple(pad)
     if labels.dim() < 3 or len(pad) > 2 * (labels.dim() - 2):
-        return None
+        return Decline("pads the channel dim")
     elems = channel_elems(labels, 1, ctx.builder)
     return broadcast_elems(elems, ctx.out.shape, 1)
 

@@ -134,6 +134,7 @@ def test_weight_standardised_conv_is_a_named_barrier() -> None:
 
     _, ir = analyse(StdConvNet("conv"), SIZE)
     assert any("conv2d" in what for what in ir.barriers)
+    assert any("weight standardisation" in w for w in ir.warnings)
 
 
 def test_mean_over_all_channels_still_mixes_them() -> None:
