@@ -41,7 +41,7 @@ def main() -> None:
     print(f"learned: val_acc={learned.val_acc:.3f} group sizes={learned.group_sizes}")
 
     # 2. split into trunk, two branches and a merge; 3. finetune the split model
-    summary = run_split(out / "run", out / "split")
+    summary = run_split(out / "run", out / "split", accept_unlearned=args.smoke)  # smoke: 2 steps do not learn
     print(f"split: params -{summary['params_reduced_pct']:.1f}%, FLOPs -{summary['flops_reduced_pct']:.1f}%, "
           f"split vs masked rel err {summary['max_rel_err']:.1e}")
     tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=data, epochs=1, **budget))

@@ -70,7 +70,7 @@ def main() -> None:
         ["inspect", "custom_model:build", "--input-size", "3,32,32", "--split-from", "down", "--groups", "2"],
         ["learn", "custom_model:build", "--data", data, "--split-from", "down", "--groups", "2",
          "--max-steps", steps_, "--out", str(out / "run")],
-        ["split", str(out / "run"), "--out", str(out / "split")],
+        ["split", str(out / "run"), "--out", str(out / "split"), *(["--accept-unlearned"] if args.smoke else [])],
         ["verify", str(out / "split")],
     ]
     for step in steps:

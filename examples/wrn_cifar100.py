@@ -55,7 +55,8 @@ def main() -> None:
         # --force: each run of the script replaces its own earlier outputs
         learned = splitc("learn", "wrn16_8", "--data", data, "--preset", preset, *learn_budget,
                          "--device", device, "--out", str(out / "run"), "--force")
-        split = splitc("split", str(out / "run"), "--out", str(out / "split"), "--force")
+        smoke = ["--accept-unlearned"] if args.smoke else []  # 2 steps do not learn, by design
+        split = splitc("split", str(out / "run"), "--out", str(out / "split"), "--force", *smoke)
         tuned = splitc("finetune", str(out / "split"), "--data", data, *tune_budget, "--device", device)
         rows.append((preset, split["params_reduced_pct"], split["flops_reduced_pct"], tuned["val_acc"],
                      learned["superclass_ari"]))

@@ -128,11 +128,19 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer of softmax assignment logits (default adam).")
 @click.option("--assign-lr-mult", type=POSITIVE, default=None, help="LR multiplier for assignments.")
-@click.option("--warmup-epochs", type=NON_NEGATIVE, default=None, help="Epochs before the regularizers start.")
+@click.option("--warmup-epochs", type=NON_NEGATIVE, default=None,
+              help="Plain epochs before the regularizers start (default 3; with --warmup adaptive, the least).")
+@click.option("--warmup", type=click.Choice(["adaptive", "fixed"]), default=None,
+              help="adaptive (default): the warm-up lasts until the network has trained (at least "
+                   "--warmup-epochs and 400 steps, at most half the run); fixed: exactly --warmup-epochs.")
+@click.option("--no-commit", "commit", flag_value=False, default=None,
+              help="Keep training the assignments to the end (the paper); by default the groups are "
+                   "fixed once decided, so that R_W clears exactly the weights the split cuts.")
 @click.option("--soft-epochs", type=NON_NEGATIVE, default=None,
               help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
 @click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up.")
-@click.option("--epochs", type=AT_LEAST_ONE, default=None)
+@click.option("--epochs", type=AT_LEAST_ONE, default=None,
+              help="Default: 10, and at least 1500 steps on a small data set.")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=AT_LEAST_ONE, default=None)
 @click.option("--lr", type=POSITIVE, default=None)
@@ -154,6 +162,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if options.get("resume"):
         given["resume"] = True
+    if options.get("commit") is False:  # --no-commit
+        given["commit"] = False
     if input_size:
         given["input_size"] = parse_input_size(input_size)
     config = LearnConfig(model=model, flip=not no_flip, **given)

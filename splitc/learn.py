@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import zoo
 from .analysis import Analysis, analyse
 from .assign import (
     ASSIGNMENT_KINDS,
@@ -47,7 +48,7 @@ from .assign import (
     splitnet_regularizers,
 )
 from .checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from .data import DataBundle, accuracy, epoch_loader, load_data
+from .data import DataBundle, accuracy, choose_input_size, epoch_loader, load_data
 from .errors import SplitcError
 from .outputs import fresh
 from .learn_groups import (
@@ -61,6 +62,7 @@ from .learn_groups import (
     superclass_ari,
 )
 from .learn_health import LEARNED_FLAG, chance_warning, near_chance
+from . import learn_schedule as schedule
 from .learn_optim import ASSIGN_OPTIMIZERS, disjoint_weight, make_optimizers, set_lr
 from .passes.harden import fuzzy_nodes
 from .passes.mask import mask_inter_group
@@ -95,9 +97,11 @@ class LearnConfig:
     gamma_e: float = 10.0
     assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn_optim
     assign_lr_mult: float = 0.2     # Adam on logits: 0.02 per step at lr 0.1 (learn_optim)
-    warmup_epochs: float = 3.0      # features first (§8); fractional values allowed
+    warmup_epochs: float = 3.0      # features first (§8): the floor of an adaptive warm-up
+    warmup: str = "adaptive"        # or "fixed": exactly warmup_epochs (learn_schedule)
+    commit: bool = True             # fix the groups once decided, so R_W clears the cut (learn_schedule)
     soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
-    epochs: int = 10                # the synthetic acceptance run fits 10 minutes on 2 cores
+    epochs: int | None = None       # None: 10 epochs, at least MIN_TOTAL_STEPS (learn_schedule)
     max_steps: int | None = None    # stop after this many optimizer steps in total
     batch_size: int = 64
     lr: float = 0.1
@@ -150,9 +154,13 @@ class _Run:
     run_dir: Path
     steps_per_epoch: int
     total_steps: int
-    warmup_steps: int
+    warmup_steps: int                          # the cap until an adaptive warm-up ends, then its end
     soft_steps: int
+    warmup_floor: int = 0
     step: int = 0
+    val_history: list[float] = field(default_factory=list)   # validation accuracy per epoch
+    committed: bool = False                    # groups fixed to their argmax (learn_schedule)
+    grad_share: dict[str, float] | None = None  # regularizer vs CE gradient norms at their start
     frozen: tuple[int, ...] = ()
     probed: bool = False                       # the end-of-warm-up clustering has run
     feature_groups: tuple[int, ...] | None = None
@@ -193,6 +201,8 @@ def _check_config(config: LearnConfig) -> None:
     if not 0 < config.gamma_d_rise <= 1:
         raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
     check_numbers(config)
+    if config.warmup not in ("adaptive", "fixed"):
+        raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
     if config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
     if config.init_groups == "cluster" and config.assign == "random":
@@ -222,18 +232,28 @@ def check_numbers(config: LearnConfig) -> None:
 def _setup(config: LearnConfig) -> _Run:
     """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
     torch.manual_seed(config.seed)
-    bundle = load_data(config.data, config.input_size, seed=config.seed, flip=config.flip)
+    bundle = load_data(config.data, config.input_size or pick_input_size(config), seed=config.seed,
+                       flip=config.flip)
     spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
     analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size)
     device = torch.device(config.device)
     analysis.gm.to(device)
     aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
     steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
-    total = config.max_steps or config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    total = schedule.total_steps(config.epochs, config.max_steps, steps_per_epoch)
+    floor, cap = schedule.warmup_bounds(config.warmup_epochs, steps_per_epoch, total, config.warmup == "adaptive")
     soft = round(config.soft_epochs * steps_per_epoch)
     return _Run(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
-                Path(config.out), steps_per_epoch, total, warmup, soft)
+                Path(config.out), steps_per_epoch, total, cap, soft, floor)
+
+
+def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
+    """Without --input-size: say which size the run uses and why (data.choose_input_size)."""
+    spec = zoo.resolve(config.model)
+    size, why = choose_input_size(config.data, spec.default_input_size, spec.source == "builtin")
+    if size is not None:
+        tqdm.write(f"input size {'x'.join(map(str, size))} ({why}; set --input-size to change it)", file=sys.stderr)
+    return size
 
 
 def _epoch_loader(run: _Run, epoch: int, skip: int) -> DataLoader:
@@ -253,7 +273,7 @@ def _train(run: _Run, progress: bool) -> None:
             for x, y in _epoch_loader(run, epoch, skip):
                 metrics = _train_step(run, x.to(run.device), y.to(run.device))
                 bar.update(1)
-                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "acc", "R_W", "R_D", "R_E")})
+                bar.set_postfix({"phase": phase(run), **{k: f"{metrics[k]:.3g}" for k in BAR_KEYS}})
                 _after_step(run, metrics)
                 if run.step >= run.total_steps:
                     break
@@ -274,6 +294,9 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
                                   cfg.gamma_d, cfg.gamma_d_end, cfg.gamma_d_rise)
         loss = splitnet_loss(ce, regs, (cfg.gamma_w, gamma_d, cfg.gamma_e))
+        if run.grad_share is None:
+            run.grad_share = gradient_share(gm, ce, cfg.gamma_w * regs["R_W"])
+            _log(run, {"kind": "grad_share", "step": run.step, **run.grad_share})
     else:
         regs, loss, gamma_d = {}, ce, 0.0
     for opt in run.optimizers.values():
@@ -288,7 +311,9 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     run.step += 1
     return {"kind": "step", "step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch,
             "loss": float(loss.detach()), "ce": float(ce.detach()), "acc": correct / len(y), "lr": lr,
-            "regs_on": regs_on, "gamma_d": gamma_d, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")}}
+            "regs_on": regs_on, "gamma_d": gamma_d, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")},
+            # R_E is at least 1 per space (balanced); shifted, a balanced assignment reads 0
+            "R_E_excess": float(regs["R_E"].detach()) - len(run.aset.spaces) if regs else 0.0}
 
 
 def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
@@ -298,15 +323,68 @@ def _after_step(run: _Run, metrics: dict[str, Any]) -> None:
         _freeze_crisp_spaces(run)
     if run.step % max(1, cfg.log_every) == 0 or run.step == run.total_steps:
         _log(run, metrics)
-    _maybe_end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
     epoch_end = run.step % run.steps_per_epoch == 0
     if epoch_end:
+        run.val_history.append(evaluate(run))
         _log(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
-                   "train_acc": train_acc(run), "val_acc": evaluate(run), "frozen": list(run.frozen),
-                   "cut_energy": _cut_energy(run).get("total")})
+                   "train_acc": train_acc(run), "val_acc": run.val_history[-1], "frozen": list(run.frozen),
+                   "cut_energy": _cut_energy(run).get("total"), "phase": phase(run)})
+        _decide_warmup(run)
+    _maybe_end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
+    _maybe_commit(run)
     periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
     if (epoch_end or periodic) and run.step < run.total_steps:
         _save(run)
+
+
+BAR_KEYS = ("ce", "acc", "R_W", "R_D", "R_E_excess")
+
+
+def phase(run: _Run) -> str:
+    if run.step < run.warmup_steps:
+        return "warm-up"
+    return "clearing" if run.committed else "grouping"
+
+
+def gradient_share(gm: torch.nn.Module, ce: torch.Tensor, weighted_rw: torch.Tensor) -> dict[str, float]:
+    """Norms of the weights' gradients from CE and from γ_W·R_W at the first regularized step
+    (R_D and R_E act on the assignments only), for metrics.jsonl and docs/LEARN.md."""
+    params = [p for p in gm.parameters() if p.requires_grad]
+    norms = {}
+    for name, term in (("ce", ce), ("R_W", weighted_rw)):
+        if not term.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)))
+    return {"grad_norm_ce": norms["ce"], "grad_norm_rw": norms["R_W"],
+            "rw_over_ce": norms["R_W"] / norms["ce"] if norms["ce"] else float("inf")}
+
+
+def _decide_warmup(run: _Run) -> None:
+    """At an epoch end of an adaptive warm-up: end it now if the network has trained."""
+    if run.config.warmup != "adaptive" or run.probed or run.step >= run.warmup_steps:
+        return
+    if schedule.warmup_done(run.step, run.warmup_floor, run.warmup_steps, run.val_history,
+                            run.bundle.num_classes, len(run.bundle.val)):
+        run.warmup_steps = run.step
+
+
+def _maybe_commit(run: _Run) -> None:
+    """Grouping -> clearing: fix every space to its argmax groups once decided (learn_schedule)."""
+    if not run.config.commit or run.committed or not run.probed or run.config.assign == "random":
+        return
+    matrices = dict(run.aset.items())
+    crisp = {s: schedule.crispness(m) for s, m in matrices.items()}
+    if not schedule.commit_due(run.step, run.warmup_steps, run.total_steps, crisp):
+        return
+    for space, matrix in matrices.items():
+        schedule.commit_space(run.aset.by_space[str(space)], matrix)
+        if space not in run.frozen:
+            _freeze(run, space)
+    run.committed = True
+    _log(run, {"kind": "commit", "step": run.step, "crispness": {str(s): c for s, c in crisp.items()},
+               "cut_energy": _cut_energy(run).get("total")})
 
 
 def _cut_energy(run: _Run) -> dict[str, float]:
@@ -320,6 +398,11 @@ def _maybe_end_warmup(run: _Run) -> None:
     if run.probed or run.step < run.warmup_steps:
         return
     run.probed = True
+    if run.val_history or run.config.warmup == "adaptive":
+        acc = run.val_history[-1] if run.val_history and run.step % run.steps_per_epoch == 0 else evaluate(run)
+        if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
+            warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val),
+                                     f"at the end of the warm-up (step {run.step})"))
     wanted = run.bundle.superclass_of is not None or run.config.init_groups == "cluster"
     if not wanted or ir.class_space not in run.aset:
         return
@@ -406,7 +489,9 @@ def _save(run: _Run) -> Path:
         "model": run.analysis.gm.state_dict(), "assignments": run.aset.state_dict(),
         "optimizers": {k: opt.state_dict() for k, opt in run.optimizers.items()},
         "step": run.step, "epoch": run.step // run.steps_per_epoch, "frozen": list(run.frozen),
-        "probed": run.probed, "feature_ari": run.feature_ari, "classifier_energy_ari": run.energy_ari,
+        "probed": run.probed, "feature_ari": run.feature_ari, "warmup_steps": run.warmup_steps,
+        "val_history": run.val_history, "committed": run.committed, "grad_share": run.grad_share,
+        "warnings": run.warnings, "classifier_energy_ari": run.energy_ari,
         "feature_groups": list(run.feature_groups) if run.feature_groups is not None else None,
         "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
     })
@@ -429,6 +514,9 @@ def _restore(run: _Run) -> None:
             group["base_lr"] = rate
     run.step, run.train_correct, run.train_seen = ckpt["step"], ckpt["train_correct"], ckpt["train_seen"]
     run.probed, run.feature_ari = bool(ckpt.get("probed", False)), ckpt.get("feature_ari")
+    run.warmup_steps = ckpt.get("warmup_steps", run.warmup_steps)
+    run.val_history, run.committed = list(ckpt.get("val_history", [])), bool(ckpt.get("committed", False))
+    run.grad_share, run.warnings = ckpt.get("grad_share"), list(ckpt.get("warnings", []))
     run.energy_ari = ckpt.get("classifier_energy_ari")
     groups = ckpt.get("feature_groups")
     run.feature_groups = tuple(groups) if groups is not None else None
@@ -458,7 +546,8 @@ def _finish(run: _Run, val_acc: float) -> LearnResult:
            "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
            "classifier_energy_ari": run.energy_ari, "cut_energy": shares, "masked_val_acc": masked_acc,
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
-           LEARNED_FLAG: learned, "warnings": run.warnings}
+           LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
+           "committed": run.committed, "grad_share": run.grad_share}
     tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
     tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
     os.replace(tmp, run.run_dir / ASSIGNMENT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from torchvision import transforms as T
 
+from datagen import dump_py2
 from splitc import synthetic
 from splitc.data import DataBundle, DataError, ImageTensorDataset, describe_specs, load_data
 
@@ -186,32 +186,8 @@ def test_digits_grey_replicated_to_rgb() -> None:
 
 # --- cifar100 --------------------------------------------------------------------------------
 
-class _Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` opcodes, as in the official CIFAR pickles.
-
-    Those load as ``str`` with ``encoding='latin1'`` (torchvision) and as ``bytes`` with
-    ``encoding='bytes'`` (the CIFAR website's recipe), like the real files.
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-FINE = [b"apple", b"bee", b"car", b"dog"]
-COARSE = [b"fruit_and_insects", b"other"]
-
-
 def _dump(path: Path, obj: dict) -> None:
-    with path.open("wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
+    dump_py2(path, obj)
 
 
 def _write_cifar(folder: Path, n_train: int = 12, n_test: int = 8,
