@@ -57,6 +57,12 @@ class GraphSpec:
     concurrent: int        # CPU subgraphs of its stage that run at once (they share the cores)
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    sources: tuple[tuple[str, int], ...] = (("input", 0),)   # (producer, output index) per input
+
+
+def producers(sources: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+    """The distinct producers of a subgraph's inputs, in order: one call argument each."""
+    return tuple(dict.fromkeys(p for p, _ in sources))
 
 
 @dataclass(frozen=True)
@@ -99,14 +105,17 @@ def open_session(spec: GraphSpec):
 
 
 class SubgraphModel:
-    """One subgraph's session inside a Serve replica: a list of arrays in, a list out."""
+    """One subgraph's session inside a Serve replica. Called with one argument per producer
+    (see :func:`producers`): that producer's list of outputs; returns the list of its own."""
 
     def __init__(self, spec: GraphSpec) -> None:
         self.spec = spec
         self.session = open_session(spec)
 
-    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(list(self.spec.outputs), dict(zip(self.spec.inputs, inputs)))
+    def __call__(self, *parts: list[np.ndarray]) -> list[np.ndarray]:
+        given = dict(zip(producers(self.spec.sources), parts))
+        feeds = {name: given[p][j] for name, (p, j) in zip(self.spec.inputs, self.spec.sources)}
+        return self.session.run(list(self.spec.outputs), feeds)
 
     def node(self) -> str:
         """The Ray node this replica runs on (the placement tests ask)."""
@@ -173,12 +182,15 @@ class Ingress:
         x = check_batch(x, self.plan.input_size)
         if self.fused is not None:
             return (await asyncio.get_running_loop().run_in_executor(None, self.fused, [x]))[0]
-        env: dict[tuple[str, int], np.ndarray] = {("input", 0): x}
+        # Chained: each call gets its producers' DeploymentResponses, which Serve resolves
+        # together before routing it (siblings start as soon as their parent is done), and the
+        # activations go replica to replica through the object store, not through here.
+        calls: dict[str, Any] = {"input": [x]}
         for stage in self.plan.stages:
-            calls = [self.handles[name].remote([env[ref] for ref in self.plan.sources[name]]) for name in stage]
-            for name, outs in zip(stage, await asyncio.gather(*calls)):
-                env.update({(name, j): v for j, v in enumerate(outs)})
-        return env[self.plan.output]
+            for name in stage:
+                calls[name] = self.handles[name].remote(*[calls[p] for p in producers(self.plan.sources[name])])
+        name, index = self.plan.output
+        return (await calls[name])[index]
 
     def __serve_build_asgi_app__(self):
         """Serve's late-bound ingress: a raw ASGI app over :meth:`asgi` (no web framework)."""
@@ -321,7 +333,8 @@ def plan_deployments(art_dir: str | os.PathLike, replicas: int = 1, fused: bool 
         for s in stage:
             specs[s.name] = GraphSpec(s.name, str(folder / s.graph.model_file), s.device,
                                       1 if s.device.startswith("cuda") else on_cpu,
-                                      tuple(t.name for t in s.graph.inputs), tuple(t.name for t in s.graph.outputs))
+                                      tuple(t.name for t in s.graph.inputs), tuple(t.name for t in s.graph.outputs),
+                                      plan.sources[s.name])
             rows.append(DeploymentRow(s.name, s.role, s.device, replicas, _options(s.device, share, pin_prefix)))
     return plan, rows, specs
 

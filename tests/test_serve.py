@@ -230,7 +230,8 @@ def test_killing_a_branch_replica_under_load(apps) -> None:
         futures = [pool.submit(ask, x) for x in inputs]
         for _ in range(10):
             assert done.acquire(timeout=TIMEOUT)
-        ray.kill(_replica("tree", "g0.1"), no_restart=True)
+        killed = _replica("tree", "g0.1")
+        ray.kill(killed, no_restart=True)
         answers = [f.result(timeout=3 * TIMEOUT) for f in futures]
     for (status, body), want in zip(answers, wants):
         if status == 200:
@@ -246,6 +247,7 @@ def test_killing_a_branch_replica_under_load(apps) -> None:
         time.sleep(0.5)
     else:
         pytest.fail(f"g0.1 did not recover within {DEPLOY_TIMEOUT} s")
+    assert _replica("tree", "g0.1")._actor_id != killed._actor_id  # a new replica
     for x, want in zip(inputs[:10], wants):
         status, body = post(url, _npy(x), accept="application/x-npy")
         assert status == 200 and rel(np.load(io.BytesIO(body)), want) <= 1e-5
