@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 from splitc.checkpoint import load_checkpoint
 from splitc.cli import main
 from splitc.finetune import CHECKPOINT, FinetuneConfig, finetune
-from splitc.finetune_dist import RankModel, RankReplica, launch_ranks, place_branches
+from splitc.finetune_dist import RankModel, RankReplica, place_branches
+from splitc.finetune_launch import launch_ranks
 from splitc.scope import make_spec
 from splitc.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, load_split
 from splitc.split_run import random_split

@@ -1,0 +1,149 @@
+"""Model-parallel finetune (``splitc finetune --nproc N``): step time and parameter memory per
+rank for one process and for 2 ranks, on resnet20 (G=2 from layer3) and WRN-16-8 ``deep``.
+
+Every row runs the finetune's own step (``finetune._step``: forward, loss / N, backward, the
+trunk all-reduce, SGD) on fixed random batches of the split's input size, after warm-up steps;
+the 2-rank rows start through PyTorch's elastic launcher with gloo, like ``--nproc 2``.
+
+* ``1 proc, T threads``: the whole split model in one process (T = all cores, then 1);
+* ``2 ranks, 1 thread each``: the trunk replicated, one top-level branch per rank.
+
+``ideal`` is (trunk FLOPs + the largest rank's branch FLOPs) / total FLOPs, the step-time
+ratio of 2 ranks against 1 process if each rank had a device of its own and communication were
+free; ``measured`` divides the 2-rank step time by the 1-process, 1-thread one. On a host with
+fewer cores than ranks x threads the ranks share cores, so read the ratio as an upper bound.
+
+    python benchmarks/dist_finetune.py [--work DIR] [--steps 5] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CASES = {  # name -> (model, scope, batch size)
+    "resnet20 G=2 layer3": ("resnet20", ("2", "layer3", None), 64),
+    "wrn16_8 deep": ("wrn16_8", (None, None, "deep"), 16),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    step_s: float        # median step time (rank 0's for 2 ranks; all ranks step together)
+    param_mib: float     # the largest rank's parameters
+    rss_mib: float       # the largest rank's peak resident memory (the full split is loaded first)
+
+
+def split_dir(work: Path, name: str) -> Path:
+    from splitc.scope import make_spec
+    from splitc.split_run import random_split
+
+    model, (groups, split_from, preset), _ = CASES[name]
+    folder = work / name.replace(" ", "_").replace("=", "")
+    if not (folder / "split.json").is_file():
+        random_split(model, make_spec(groups, split_from, preset=preset, model=model), folder)
+    return folder
+
+
+def time_steps(folder: Path, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:
+    """Median step time, parameter MiB and peak RSS MiB of this process (a rank, or the only one)."""
+    import torch.distributed as dist
+
+    from splitc.finetune import FinetuneConfig, Replica, Run, _step, make_optimizer
+    from splitc.finetune_dist import RankModel, RankReplica, place_branches
+    from splitc.split_dir import load_split, read_meta
+
+    meta, loaded = read_meta(folder), load_split(folder)
+    config = FinetuneConfig(str(folder))
+    run = Run(config, folder, meta, None, torch.device("cpu"), 1, 10 ** 6, {})
+    model, replica = loaded.model, Replica()
+    if dist.is_initialized():
+        flops = {n: c["flops"] for n, c in meta["report"]["subgraphs"].items()}
+        placement = place_branches(model.plan, flops, dist.get_world_size())
+        model = RankModel(loaded.model, placement, dist.get_rank(), seed=0)
+        replica = RankReplica(model, loaded.model, dist.get_rank(), dist.get_world_size())
+    del loaded
+    optimizer = make_optimizer(model, config)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *meta["input_size"], generator=gen)
+    y = torch.randint(0, meta["num_classes"], (batch,), generator=gen)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        _step(run, model.train(), optimizer, replica, i, x, y)
+        times.append(time.perf_counter() - start)
+    params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
+    return statistics.median(times[warmup:]), params, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rank(folder: Path, batch: int, steps: int, warmup: int, threads: int) -> tuple[float, float, float]:
+    """One launched process: a gloo rank of several, or the only process (no process group)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        return time_steps(folder, batch, steps, warmup)
+    dist.init_process_group("gloo")
+    try:
+        return time_steps(folder, batch, steps, warmup)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(folder: Path, batch: int, steps: int, warmup: int, nproc: int, threads: int) -> Row:
+    """Fresh processes through the elastic launcher, so that each row's peak RSS is its own."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"bench-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
+                          max_restarts=0, monitor_interval=0.2)
+    out = elastic_launch(config, _rank)(folder, batch, steps, warmup, threads)
+    return Row(out[0][0], max(o[1] for o in out.values()), max(o[2] for o in out.values()))
+
+
+def ideal_ratio(folder: Path) -> float:
+    from splitc.finetune_dist import place_branches
+    from splitc.split_dir import read_meta
+    from splitc.split_model import SplitPlan
+
+    meta = read_meta(folder)
+    flops = {n: c["flops"] for n, c in meta["report"]["subgraphs"].items()}
+    placement = place_branches(SplitPlan.from_dict(meta["plan"]), flops, 2)
+    shared = sum(f for n, f in flops.items() if n in ("trunk", "merge"))
+    return (shared + max(sum(flops[n] for n in names) for names in placement)) / sum(flops.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/splitc-bench-dist", help="Where the split directories are kept.")
+    parser.add_argument("--steps", type=int, default=5, help="Timed steps per row (median).")
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    print(f"{cores} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print("| split | batch | run | step s | params MiB / rank | peak RSS MiB / rank | measured ratio | ideal ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (_, _, batch) in CASES.items():
+        folder = split_dir(work, name)
+        rows = {f"1 proc, {cores} threads": launch(folder, batch, args.steps, args.warmup, 1, cores),
+                "1 proc, 1 thread": launch(folder, batch, args.steps, args.warmup, 1, 1),
+                "2 ranks, 1 thread each": launch(folder, batch, args.steps, args.warmup, 2, 1)}
+        base, ideal = rows["1 proc, 1 thread"].step_s, ideal_ratio(folder)
+        for label, row in rows.items():
+            ratio = f"{row.step_s / base:.2f}" if label.startswith("2") else ""
+            print(f"| {name} | {batch} | {label} | {row.step_s:.3f} | {row.param_mib:.2f} | {row.rss_mib:.0f} | "
+                  f"{ratio} | {ideal:.2f} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
