@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -40,12 +41,13 @@ def serve(art_dir: str, address, host: str, port: int, replicas: int, fused: boo
 
     serving.import_serve()  # the install hint before anything else
     if config_file:
-        serving.write_config(config_file, serving.serve_config(art_dir, replicas, fused, devices, host, port))
+        config = serving.serve_config(art_dir, replicas, fused, devices, host, port)
+        Path(config_file).write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML too
         click.echo(json.dumps({"config": config_file}) if as_json else
                    f"Serve config written to {config_file}; run it with `serve run {config_file}`")
         return
     try:
-        info = serving.start(art_dir, address, host, port, replicas, fused, devices, pin_prefix, timeout_s)
+        info = _start(art_dir, address, host, port, replicas, fused, devices, pin_prefix, timeout_s)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init: `kill` stops Ray too
         click.echo(json.dumps(info)) if as_json else _print_table(info)
         while True:
@@ -54,6 +56,25 @@ def serve(art_dir: str, address, host: str, port: int, replicas: int, fused: boo
         pass
     finally:
         _stop(joined=address is not None)
+
+
+def _start(art_dir: str, address, host: str, port: int, replicas: int, fused: bool, devices, pin_prefix,
+           timeout_s: float) -> dict:
+    """Start (or join) Ray, start Serve's HTTP proxy and deploy ``art_dir``; returns the endpoint
+    and the deployment table once the application runs."""
+    import ray
+    from ray import serve as ray_serve
+
+    from .serve import APP, bind, plan_deployments, run_app
+
+    planned = plan_deployments(art_dir, replicas, fused, devices, pin_prefix=pin_prefix)
+    rows, app = planned[1], bind(*planned)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray_serve.start(http_options={"host": host, "port": port})
+    run_app(app, APP, "/", timeout_s)
+    return {"endpoint": f"http://{host}:{port}/predict", "application": APP, "fused": fused,
+            "deployments": [{"name": r.name, "role": r.role, "device": r.device, "replicas": r.replicas,
+                             **r.ray_actor_options} for r in rows]}
 
 
 def _print_table(info: dict) -> None:

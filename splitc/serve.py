@@ -1,9 +1,10 @@
 """A Ray Serve application built from ``manifest.json`` (``splitc serve ART_DIR``).
 
-One deployment per subgraph runs its ONNX file with ONNX Runtime; the ingress runs the trunk,
-then each stage's siblings concurrently (their ``DeploymentHandle`` responses awaited
-together), then the merge. ``fused=True`` serves ``fused.onnx`` inside the ingress instead:
-one deployment, for one device.
+One deployment per subgraph runs its ONNX file with ONNX Runtime. The ingress calls them in plan
+order, handing each call its producers' ``DeploymentResponse``s: Serve awaits those together
+before it routes the call, so the trunk runs, then the siblings concurrently, then the merge,
+and activations go replica to replica. ``fused=True`` serves ``fused.onnx`` inside the ingress
+instead: one deployment, for one device.
 
 Placement follows the manifest: a subgraph on ``cuda:g`` asks Ray for ``num_gpus: 1`` (Ray
 picks the GPU and sets ``CUDA_VISIBLE_DEVICES``, so the session uses device 0 of what it sees);
@@ -157,8 +158,8 @@ def parse_body(body: bytes, input_size: tuple[int, ...]) -> np.ndarray:
     except ValueError:  # ragged nesting
         raise SplitcError("the JSON is not a rectangular nested list of numbers.") from None
     if x.dtype.kind not in "iuf":
-        raise SplitcError(f"the JSON holds {x.dtype.kind == 'b' and 'booleans' or 'non-numbers'}; send a "
-                          "nested list of numbers (or {\"inputs\": [...]}).")
+        what = "booleans" if x.dtype.kind == "b" else "non-numbers"
+        raise SplitcError(f"the JSON holds {what}; send a nested list of numbers (or {{\"inputs\": [...]}}).")
     return check_batch(x.astype(np.float32), input_size)
 
 
@@ -208,6 +209,7 @@ class Ingress:
     async def respond(self, scope: dict, body: bytes) -> tuple[int, bytes, str]:
         """(status, body, content type) of one HTTP request; every error is one line."""
         from ray.exceptions import RayError
+        from ray.serve.exceptions import RayServeException
 
         text = "text/plain; charset=utf-8"
         if not scope["path"].rstrip("/").endswith("/predict"):
@@ -222,8 +224,9 @@ class Ingress:
             return 400, f"{exc}\n".encode(), text
         try:
             logits = await self.predict(x)
-        except RayError as exc:  # a replica died or failed: one line, the client may retry
-            return 503, f"a subgraph replica failed ({type(exc).__name__}); retry the request\n".encode(), text
+        except (RayError, RayServeException) as exc:
+            status, line = _failure(exc)
+            return status, f"{line}\n".encode(), text
         headers = dict(scope.get("headers", []))
         if b"application/x-npy" in headers.get(b"accept", b""):
             buf = io.BytesIO()
@@ -264,6 +267,18 @@ async def _lifespan(receive, send) -> None:
             return
 
 
+def _failure(exc: Exception) -> tuple[int, str]:
+    """503 when a replica died or was unavailable (retrying helps); 500 when a subgraph's own
+    code raised (a bug: the traceback is in that replica's log)."""
+    from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+    from ray.serve.exceptions import RayServeException
+
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    if isinstance(cause, (RayActorError, ObjectLostError, RayServeException)) or not isinstance(exc, RayTaskError):
+        return 503, f"a subgraph replica is unavailable ({type(cause).__name__}); retry the request"
+    return 500, f"a subgraph failed ({type(cause).__name__}: {str(cause).splitlines()[0][:160] if str(cause) else ''})"
+
+
 def _top(value: str | None, classes: int) -> int:
     if value is None:
         return 0
@@ -285,15 +300,17 @@ class DeploymentRow:
     ray_actor_options: dict[str, Any]
 
 
-def _manifest(art_dir: str | os.PathLike, devices: str | None):
+def _manifest(art_dir: str | os.PathLike, devices: str | None, fused: bool):
+    """The manifest (re-placed on ``devices``); the files to be served match their SHA-256."""
     from .manifest import check_files, parse_devices, read_manifest
 
     manifest = read_manifest(art_dir)
     if devices:
         manifest = manifest.with_placement(parse_devices(devices, 0))  # Ray, not this host, has the GPUs
-    for s in manifest.subgraphs:
-        check_files(Path(art_dir), s.graph, f"subgraph {s.name}")
-    check_files(Path(art_dir), manifest.fused, "the fused graph")
+    graphs = [("the fused graph", manifest.fused)] if fused else [(f"subgraph {s.name}", s.graph)
+                                                                  for s in manifest.subgraphs]
+    for what, graph in graphs:
+        check_files(Path(art_dir), graph, what)
     return manifest
 
 
@@ -313,7 +330,7 @@ def plan_deployments(art_dir: str | os.PathLike, replicas: int = 1, fused: bool 
     if replicas < 1 or cpus <= 0:
         raise SplitcError("--replicas must be >= 1 and the CPU budget > 0.")
     folder = Path(art_dir).resolve()
-    manifest = _manifest(folder, devices)
+    manifest = _manifest(folder, devices, fused)
     plan = ServePlan(tuple(tuple(s.name for s in stage) for stage in manifest.stages()),
                      {s.name: tuple((t.source.producer, t.source.index) for t in s.graph.inputs)
                       for s in manifest.subgraphs},
@@ -385,11 +402,6 @@ def serve_config(art_dir: str | os.PathLike, replicas: int = 1, fused: bool = Fa
                                                "ray_actor_options": r.ray_actor_options} for r in rows]}]}
 
 
-def write_config(path: str | os.PathLike, config: dict[str, Any]) -> None:
-    """JSON, which is YAML too: ``serve run FILE`` and ``serve deploy FILE`` read it."""
-    Path(path).write_text(json.dumps(config, indent=2) + "\n")
-
-
 def run_app(app, name: str = APP, route_prefix: str = "/", timeout_s: float = 300.0):
     """Deploy ``app`` and wait, at most ``timeout_s``, until it runs; returns its handle.
 
@@ -418,21 +430,3 @@ def wait_running(name: str, timeout_s: float):
             raise SplitcError(f"Serve application {name} is not running after {timeout_s:.0f} s ({state}); the "
                               "cluster may lack the CPUs/GPUs/resources it asks for: check `ray status`.")
         time.sleep(0.25)
-
-
-def start(art_dir: str | os.PathLike, address: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          replicas: int = 1, fused: bool = False, devices: str | None = None, pin_prefix: str | None = None,
-          timeout_s: float = 300.0) -> dict[str, Any]:
-    """Start (or join) Ray, start Serve's HTTP proxy and deploy ``art_dir``; returns the endpoint
-    and the deployment table once the application runs."""
-    serve = import_serve()
-    import ray
-
-    planned = plan_deployments(art_dir, replicas, fused, devices, pin_prefix=pin_prefix)
-    rows, app = planned[1], bind(*planned)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    serve.start(http_options={"host": host, "port": port})
-    run_app(app, APP, "/", timeout_s)
-    return {"endpoint": f"http://{host}:{port}/predict", "application": APP, "fused": fused,
-            "deployments": [{"name": r.name, "role": r.role, "device": r.device, "replicas": r.replicas,
-                             **r.ray_actor_options} for r in rows]}

@@ -194,6 +194,17 @@ def test_parse_body_errors_are_one_line() -> None:
     assert parse_body(json.dumps(np.zeros((1, 3, 4, 4)).tolist()).encode(), (3, 4, 4)).dtype == np.float32
 
 
+def test_replica_failures_are_503_or_500_in_one_line() -> None:
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from splitc.serve import _failure
+
+    assert _failure(ActorDiedError())[0] == 503
+    assert _failure(RayTaskError("f", "traceback", ActorDiedError()))[0] == 503  # an input from a dead replica
+    assert _failure(RayTaskError("f", "traceback", ValueError("bad\nworse"))) == (500, "a subgraph failed "
+                                                                                   "(ValueError: bad)")
+
+
 def test_serve_without_ray_names_the_extra(flat, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.serve", None)
