@@ -58,6 +58,23 @@ def test_repository_validates_and_equals_pytorch(artifact: Path, tmp_path: Path)
     assert result["steps"] == [model_name(written["ensemble"], s.name) for s in manifest.subgraphs]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["wrn16_8:hier", "resnet18:layer4"])
+def test_acceptance_models_validate(case: str, tmp_path: Path) -> None:
+    """Issue 14, acceptance 4: WRN-16-8 hier and resnet18 split from layer4 (3x224x224)."""
+    from splitc.export import export_split
+    from splitc.scope import PRESETS
+    from splitc.split_run import random_split
+
+    name, _, where = case.partition(":")
+    spec = PRESETS[name][where] if name == "wrn16_8" else ScopeSpec((2,), split_from=(where,))
+    random_split(name, spec, tmp_path / "split")
+    export_split(tmp_path / "split", tmp_path / "onnx", "cpu")
+    write_repository(tmp_path / "onnx", tmp_path / "repo")
+    result = validate_repository(tmp_path / "repo", tmp_path / "onnx")
+    assert result["ok"] and result["max_rel_err"] <= 1e-4, result
+
+
 def test_gpu_placement_becomes_kind_gpu(tiny, tmp_path: Path) -> None:  # noqa: F811
     art = Path(shutil.copytree(tiny[1], tmp_path / "art"))
     write_json(art / MANIFEST, read_manifest(art).with_placement(("cuda:0", "cuda:1")).to_dict())
