@@ -41,7 +41,7 @@ def serve(art_dir: str, address, host: str, port: int, replicas: int, fused: boo
 
     serving.import_serve()  # the install hint before anything else
     if config_file:
-        config = serving.serve_config(art_dir, replicas, fused, devices, host, port)
+        config = serving.serve_config(art_dir, replicas, fused, devices, host, port, pin_prefix)
         Path(config_file).write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML too
         click.echo(json.dumps({"config": config_file}) if as_json else
                    f"Serve config written to {config_file}; run it with `serve run {config_file}`")
@@ -49,7 +49,10 @@ def serve(art_dir: str, address, host: str, port: int, replicas: int, fused: boo
     try:
         info = _start(art_dir, address, host, port, replicas, fused, devices, pin_prefix, timeout_s)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # after ray.init: `kill` stops Ray too
-        click.echo(json.dumps(info)) if as_json else _print_table(info)
+        if as_json:
+            click.echo(json.dumps(info))
+        else:
+            _print_table(info)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

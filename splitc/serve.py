@@ -389,12 +389,12 @@ def app_builder(args: dict[str, Any]):
 
 
 def serve_config(art_dir: str | os.PathLike, replicas: int = 1, fused: bool = False, devices: str | None = None,
-                 host: str = "127.0.0.1", port: int = 8000, name: str = APP) -> dict[str, Any]:
+                 host: str = "127.0.0.1", port: int = 8000, pin_prefix: str | None = None,
+                 name: str = APP) -> dict[str, Any]:
     """A Serve config (``serve deploy FILE`` / ``serve run FILE``) for this artifact."""
-    _, rows, _ = plan_deployments(art_dir, replicas, fused, devices)
-    args = {"art_dir": str(Path(art_dir).resolve()), "replicas": replicas, "fused": fused}
-    if devices:
-        args["devices"] = devices
+    _, rows, _ = plan_deployments(art_dir, replicas, fused, devices, pin_prefix=pin_prefix)
+    args = {"art_dir": str(Path(art_dir).resolve()), "replicas": replicas, "fused": fused,
+            **({"devices": devices} if devices else {}), **({"pin_prefix": pin_prefix} if pin_prefix else {})}
     return {"proxy_location": "HeadOnly", "http_options": {"host": host, "port": port},
             "applications": [{"name": name, "route_prefix": "/", "import_path": "splitc.serve:app_builder",
                               "args": args,

@@ -126,7 +126,7 @@ def parse_config(path: Path):
         from tritonclient.grpc import model_config_pb2
     except ImportError:
         raise SplitcError("validating a Triton repository needs tritonclient; install it with "
-                          "`pip install 'splitc[triton]'`.") from None
+                          "`pip install 'splitc[triton]'` (or write only, with --no-check).") from None
     try:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
