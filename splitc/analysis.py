@@ -77,6 +77,19 @@ def barrier_summary(ir: ChannelIR) -> list[str]:
             "to split through it" for what, nodes in ir.barriers.items()]
 
 
+def analysis_warnings(analysis: Analysis) -> list[str]:
+    """What inspect, learn and split all say: ops that became barriers, and a scope that makes no
+    layer block-diagonal (the split would save nothing and must not pass for a success)."""
+    lines = barrier_summary(analysis.ir)
+    cost = analysis.cost
+    if cost.split.params >= cost.baseline.params and analysis.scope.level_of:
+        stop = f"; the channel analysis stopped at {', '.join(analysis.ir.barriers)}" if analysis.ir.barriers else ""
+        lines.append(f"the scope {analysis.scope.spec.describe()} makes no layer block-diagonal (0.0% of params "
+                     f"saved){stop}: register a rule with @channel_rule for the barrier op, or choose a "
+                     "--split-from / --split-depth that covers a weight layer's input and output")
+    return lines
+
+
 def space_status(analysis: Analysis, space_id: int) -> str:
     scope, space = analysis.scope, analysis.ir.spaces[space_id]
     if scope.in_branches(space_id):
@@ -118,5 +131,5 @@ def report_dict(analysis: Analysis) -> dict:
                   "params_reduced_pct": round(cost.params_reduced_pct, 4),
                   "flops_reduced_pct": round(cost.flops_reduced_pct, 4)},
         "layers": layers, "spaces": spaces, "class_space": ir.class_space,
-        "notes": list(scope.notes), "warnings": barrier_summary(ir),
+        "notes": list(scope.notes), "warnings": analysis_warnings(analysis),
     }

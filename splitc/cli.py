@@ -210,9 +210,11 @@ def split(run_dir: str, out: str, overlap, force: bool, accept_unlearned: bool, 
     from .tables import table
 
     summary = run_split(run_dir, out, overlap, force=force, accept_unlearned=accept_unlearned)
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         keys = ("split_dir", "params", "flops", "params_reduced_pct", "flops_reduced_pct", "groups",
-                "group_sizes", "max_rel_err")
+                "group_sizes", "max_rel_err", "warnings")
         click.echo(json.dumps({k: summary[k] for k in keys}))
         return
     base, est = summary["baseline"], summary["balanced_estimate"]

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import zoo
-from .analysis import Analysis, analyse
+from .analysis import Analysis, analyse, analysis_warnings
 from .assign import (
     ASSIGNMENT_KINDS,
     AssignmentSet,
@@ -181,6 +181,8 @@ def learn(config: LearnConfig, progress: bool = True) -> LearnResult:
     run = _setup(config)
     if config.resume:
         _restore(run)
+    for line in analysis_warnings(run.analysis):
+        warn(run, line)
     _train(run, progress)
     val_acc = evaluate(run)
     _save(run)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .analysis import Analysis, analyse
+from .analysis import Analysis, analyse, analysis_warnings
 from .assign import AssignmentSet
 from .checkpoint import load_checkpoint
 from .counting import Cost, HardAssignment, balanced_assignment, count
@@ -95,7 +95,8 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
         hard = HardAssignment(hard.groups_of_space, {s: dict(nodes) for s, nodes in hardened.fuzzy.items() if nodes})
     origin = {"run_dir": str(Path(run_dir).resolve()), "assign": ckpt["identity"]["assign"],
               "data": ckpt["identity"]["data"]}
-    return write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
+    summary = write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
+    return {**summary, "warnings": analysis_warnings(analysis)}
 
 
 def check_learned(run_dir: Path, accept_unlearned: bool) -> None:

@@ -182,6 +182,17 @@ def user_module(tmp_path: Path, monkeypatch) -> str:
 
         def bad_forward():
             return BadForward()
+
+        class CumHead(nn.Module):  # torch.cumsum over channels has no channel rule: a barrier
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.a = nn.Conv2d(3, 8, 3, padding=1)
+                self.fc = nn.Linear(8, num_classes)
+            def forward(self, x):
+                return self.fc(torch.cumsum(self.a(x), dim=1).mean((2, 3)))
+
+        def cum_head(num_classes=10):
+            return CumHead(num_classes)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("user_nets", None)
@@ -205,3 +216,15 @@ def test_debug_shows_the_traceback(user_module: str) -> None:
         result = run(*args, env=env)
         assert result.exit_code == 2
         assert "Traceback" in result.output and "width must be even" in result.output
+
+
+# ---- barriers and a split that splits nothing are said by learn and split, not only inspect ----
+
+def test_barrier_and_noop_warnings_in_learn_and_split(user_module: str, tmp_path: Path) -> None:
+    model = f"{user_module}:cum_head"
+    learned = run("learn", model, "--data", "synthetic:tiny", "--groups", "2", "--split-depth", "1",
+                  "--max-steps", "1", "--batch-size", "8", "--out", tmp_path / "run", "--json")
+    assert learned.exit_code == 0, learned.output
+    for result in (learned, run("split", tmp_path / "run", "--out", tmp_path / "split", "--accept-unlearned")):
+        assert "warning: no channel rule for function torch.cumsum" in result.output, result.output
+        assert "makes no layer block-diagonal (0.0% of params saved)" in result.output, result.output
