@@ -3,17 +3,19 @@ rank for one process and for 2 ranks, on resnet20 (G=2 from layer3) and WRN-16-8
 
 Every row runs the finetune's own step (``finetune._step``: forward, loss / N, backward, the
 trunk all-reduce, SGD) on fixed random batches of the split's input size, after warm-up steps;
-the 2-rank rows start through PyTorch's elastic launcher with gloo, like ``--nproc 2``.
+every row starts in fresh processes through PyTorch's elastic launcher, like ``--nproc 2``.
 
 * ``1 proc, T threads``: the whole split model in one process (T = all cores, then 1);
-* ``2 ranks, 1 thread each``: the trunk replicated, one top-level branch per rank.
+* ``2 ranks, 1 thread each``: the trunk replicated, one top-level branch per rank (gloo);
+* with ``--device cuda``: one process on cuda:0, then 2 ranks on cuda:0 and cuda:1 (nccl).
 
 ``ideal`` is (trunk FLOPs + the largest rank's branch FLOPs) / total FLOPs, the step-time
 ratio of 2 ranks against 1 process if each rank had a device of its own and communication were
-free; ``measured`` divides the 2-rank step time by the 1-process, 1-thread one. On a host with
-fewer cores than ranks x threads the ranks share cores, so read the ratio as an upper bound.
+free; ``measured`` divides the 2-rank step time by the 1-process, 1-thread (or 1-GPU) one. On a
+host with fewer cores than ranks x threads the ranks share cores, so read the ratio as an upper
+bound there.
 
-    python benchmarks/dist_finetune.py [--work DIR] [--steps 5] [--warmup 2]
+    python benchmarks/dist_finetune.py [--work DIR] [--steps 5] [--warmup 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ CASES = {  # name -> (model, scope, batch size)
 class Row:
     step_s: float        # median step time (rank 0's for 2 ranks; all ranks step together)
     param_mib: float     # the largest rank's parameters
-    rss_mib: float       # the largest rank's peak resident memory (the full split is loaded first)
+    peak_mib: float      # the largest rank's peak memory: resident on the CPU (the full split is
+                         # loaded first), allocated on a GPU
 
 
 def split_dir(work: Path, name: str) -> Path:
@@ -52,8 +55,9 @@ def split_dir(work: Path, name: str) -> Path:
     return folder
 
 
-def time_steps(folder: Path, batch: int, steps: int, warmup: int) -> tuple[float, float, float]:
-    """Median step time, parameter MiB and peak RSS MiB of this process (a rank, or the only one)."""
+def time_steps(folder: Path, batch: int, steps: int, warmup: int, device: torch.device) -> tuple[float, float, float]:
+    """Median step time, parameter MiB and peak memory MiB of this process (a rank, or the only
+    one): resident memory on the CPU, allocated device memory on a GPU."""
     import torch.distributed as dist
 
     from splitc.finetune import FinetuneConfig, Replica, Run, _step, make_optimizer
@@ -62,7 +66,7 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int) -> tuple[float
 
     meta, loaded = read_meta(folder), load_split(folder)
     config = FinetuneConfig(str(folder))
-    run = Run(config, folder, meta, None, torch.device("cpu"), 1, 10 ** 6, {})
+    run = Run(config, folder, meta, None, device, 1, 10 ** 6, {})
     model, replica = loaded.model, Replica()
     if dist.is_initialized():
         flops = {n: c["flops"] for n, c in meta["report"]["subgraphs"].items()}
@@ -70,6 +74,7 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int) -> tuple[float
         model = RankModel(loaded.model, placement, dist.get_rank(), seed=0)
         replica = RankReplica(model, loaded.model, dist.get_rank(), dist.get_world_size())
     del loaded
+    model = model.to(device)
     optimizer = make_optimizer(model, config)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *meta["input_size"], generator=gen)
@@ -78,33 +83,40 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int) -> tuple[float
     for i in range(warmup + steps):
         start = time.perf_counter()
         _step(run, model.train(), optimizer, replica, i, x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
-    return statistics.median(times[warmup:]), params, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return statistics.median(times[warmup:]), params, peak
 
 
-def _rank(folder: Path, batch: int, steps: int, warmup: int, threads: int) -> tuple[float, float, float]:
-    """One launched process: a gloo rank of several, or the only process (no process group)."""
+def _rank(folder: Path, batch: int, steps: int, warmup: int, threads: int, cuda: bool) -> tuple[float, float, float]:
+    """One launched process: a rank of several (gloo, or nccl on GPU LOCAL_RANK), or the only one."""
     import torch.distributed as dist
 
     torch.set_num_threads(threads)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
     if int(os.environ["WORLD_SIZE"]) == 1:
-        return time_steps(folder, batch, steps, warmup)
-    dist.init_process_group("gloo")
+        return time_steps(folder, batch, steps, warmup, device)
+    dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        return time_steps(folder, batch, steps, warmup)
+        return time_steps(folder, batch, steps, warmup, device)
     finally:
         dist.destroy_process_group()
 
 
-def launch(folder: Path, batch: int, steps: int, warmup: int, nproc: int, threads: int) -> Row:
+def launch(folder: Path, batch: int, steps: int, warmup: int, nproc: int, threads: int, cuda: bool = False) -> Row:
     """Fresh processes through the elastic launcher, so that each row's peak RSS is its own."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"bench-{os.getpid()}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
                           max_restarts=0, monitor_interval=0.2)
-    out = elastic_launch(config, _rank)(folder, batch, steps, warmup, threads)
+    out = elastic_launch(config, _rank)(folder, batch, steps, warmup, threads, cuda)
     return Row(out[0][0], max(o[1] for o in out.values()), max(o[2] for o in out.values()))
 
 
@@ -125,22 +137,31 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/splitc-bench-dist", help="Where the split directories are kept.")
     parser.add_argument("--steps", type=int, default=5, help="Timed steps per row (median).")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: one process on GPU 0, then one rank per GPU on 2 GPUs (nccl).")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
-    print(f"{cores} cores, load average {os.getloadavg()[0]:.1f} at the start")
-    print("| split | batch | run | step s | params MiB / rank | peak RSS MiB / rank | measured ratio | ideal ratio |")
+    cuda = args.device == "cuda"
+    if cuda and torch.cuda.device_count() < 2:
+        raise SystemExit(f"--device cuda needs 2 GPUs; torch sees {torch.cuda.device_count()}")
+    print(f"{cores} cores, {torch.cuda.device_count()} GPUs, load average {os.getloadavg()[0]:.1f} at the start")
+    print("| split | batch | run | step s | params MiB / rank | peak MiB / rank | measured ratio | ideal ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (_, _, batch) in CASES.items():
         folder = split_dir(work, name)
-        rows = {f"1 proc, {cores} threads": launch(folder, batch, args.steps, args.warmup, 1, cores),
-                "1 proc, 1 thread": launch(folder, batch, args.steps, args.warmup, 1, 1),
-                "2 ranks, 1 thread each": launch(folder, batch, args.steps, args.warmup, 2, 1)}
-        base, ideal = rows["1 proc, 1 thread"].step_s, ideal_ratio(folder)
+        if cuda:
+            rows = {"1 proc, cuda:0": launch(folder, batch, args.steps, args.warmup, 1, 1, True),
+                    "2 ranks, cuda:0 and cuda:1": launch(folder, batch, args.steps, args.warmup, 2, 1, True)}
+        else:
+            rows = {f"1 proc, {cores} threads": launch(folder, batch, args.steps, args.warmup, 1, cores),
+                    "1 proc, 1 thread": launch(folder, batch, args.steps, args.warmup, 1, 1),
+                    "2 ranks, 1 thread each": launch(folder, batch, args.steps, args.warmup, 2, 1)}
+        base, ideal = list(rows.values())[-2].step_s, ideal_ratio(folder)
         for label, row in rows.items():
             ratio = f"{row.step_s / base:.2f}" if label.startswith("2") else ""
-            print(f"| {name} | {batch} | {label} | {row.step_s:.3f} | {row.param_mib:.2f} | {row.rss_mib:.0f} | "
+            print(f"| {name} | {batch} | {label} | {row.step_s:.3f} | {row.param_mib:.2f} | {row.peak_mib:.0f} | "
                   f"{ratio} | {ideal:.2f} |", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 

@@ -125,16 +125,21 @@ def _quiet_agent() -> Iterator[None]:
 
 @contextmanager
 def _progress(metrics: Path, total: int | None, enabled: bool) -> Iterator[None]:
-    """Rank 0's step count, followed in its metrics journal (the ranks' own output goes to logs)."""
-    bar = tqdm(total=total, desc="finetune", disable=not enabled, dynamic_ncols=True)
+    """Rank 0's step count, followed in its metrics journal (the ranks' own output goes to logs);
+    the bar appears with the first step, so an error before training prints alone."""
+    bars: list[tqdm] = []
     stop = threading.Event()
 
     def follow() -> None:
         while not stop.wait(0.5):
             step = _last_step(metrics)
-            if step is not None and step != bar.n:
-                bar.n = step
-                bar.refresh()
+            if step is None:
+                continue
+            if not bars:
+                bars.append(tqdm(total=total, desc="finetune", dynamic_ncols=True))
+            if step != bars[0].n:
+                bars[0].n = step
+                bars[0].refresh()
 
     thread = threading.Thread(target=follow, daemon=True)
     if enabled:
@@ -145,7 +150,8 @@ def _progress(metrics: Path, total: int | None, enabled: bool) -> Iterator[None]
         stop.set()
         if enabled:
             thread.join(timeout=2)
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _last_step(metrics: Path) -> int | None:
