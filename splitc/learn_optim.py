@@ -31,7 +31,6 @@ ARI fell from 1.0 to 0.15), and the grouping was again decided when R_D arrived 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,10 +38,8 @@ from torch import nn
 from .assign import AssignmentSet
 from .simplex import ReducedGradient
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .learn import LearnConfig
+from .learn_config import LearnConfig
 
-ASSIGN_OPTIMIZERS = ("adam", "sgd")
 ADAM_EPS = 1e-12  # far below the smallest assignment gradients, so Adam's step stays scale-free
 
 

@@ -109,7 +109,7 @@ def test_same_seed_same_losses_and_exact_resume(tmp_path: Path, base_run: LearnR
     must match the base run, and resuming the snapshot must reproduce steps 5 and 6 exactly."""
     import splitc.learn as learn_module
 
-    original, killed = learn_module._save, tmp_path / "killed"
+    original, killed = learn_module.save_run, tmp_path / "killed"
 
     def save_and_snapshot(state):
         path = original(state)
@@ -117,7 +117,7 @@ def test_same_seed_same_losses_and_exact_resume(tmp_path: Path, base_run: LearnR
             shutil.copytree(path.parent, killed)
         return path
 
-    monkeypatch.setattr(learn_module, "_save", save_and_snapshot)
+    monkeypatch.setattr(learn_module, "save_run", save_and_snapshot)
     again = run(tmp_path, "again", checkpoint_every=4)
     monkeypatch.undo()
     base_losses = [m["loss"] for m in steps(base_run.run_dir)]
