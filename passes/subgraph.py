@@ -99,8 +99,8 @@ class SubgraphBuilder:
             return
         if self.level >= 0 and n.op == "call_function" and n.name in ctx.layer_of:
             args, kwargs = self._functional_layer_args(n, list(args), dict(kwargs))
-        elif self.level >= 0 and n.target is F.group_norm:
-            args, kwargs = self._group_norm_args(n, list(args), dict(kwargs))
+        elif self.level >= 0 and n.op == "call_function" and n.name in ctx.channel_op_of:
+            args, kwargs = self._channel_op_args(n, list(args), dict(kwargs))
         self.env[n.name] = self.graph.create_node(n.op, n.target, args, kwargs, name=n.name)
 
     def value(self, a: fx.Node) -> fx.Node:
@@ -251,12 +251,24 @@ class SubgraphBuilder:
             _set_arg(args, kwargs, 6, "groups", groups)
         return tuple(args), kwargs
 
-    def _group_norm_args(self, n: fx.Node, args: list, kwargs: dict) -> tuple[tuple, dict]:
-        """``F.group_norm`` on the held channels: whole norm-groups, so fewer of them."""
+    def _channel_op_args(self, n: fx.Node, args: list, kwargs: dict) -> tuple[tuple, dict]:
+        """``F.batch_norm`` / ``F.group_norm`` on the held channels: their own slices of the
+        per-channel parameters they read; a group norm keeps fewer whole norm-groups."""
         op = self.ctx.channel_op_of[n.name]
-        kept = int(held(self.ctx.place, op.elems, self.level, self.group).sum())
-        groups = args[1] if len(args) > 1 else kwargs["num_groups"]
-        _set_arg(args, kwargs, 1, "num_groups", groups * kept // len(op.elems))
+        keep = held(self.ctx.place, op.elems, self.level, self.group)
+        index = torch.as_tensor(np.flatnonzero(keep))
+        for i, a in list(enumerate(n.args)) + list(n.kwargs.items()):
+            if isinstance(a, fx.Node) and a.op == "get_attr" and a.target in op.params:
+                original = _get_attr(self.ctx.gm, a.target)
+                tensor = original.detach().index_select(0, index).clone()
+                if isinstance(original, nn.Parameter):
+                    tensor = nn.Parameter(tensor, requires_grad=original.requires_grad)
+                target = _unique(a.target.replace(".", "_"), self.root)
+                self.root[target] = tensor
+                (args.__setitem__ if isinstance(i, int) else kwargs.__setitem__)(i, self.graph.get_attr(target))
+        if n.target is F.group_norm:
+            groups = args[1] if len(args) > 1 else kwargs["num_groups"]
+            _set_arg(args, kwargs, 1, "num_groups", groups * int(keep.sum()) // len(op.elems))
         return tuple(args), kwargs
 
     def _gather(self, n: fx.Node) -> fx.Node:

@@ -246,13 +246,13 @@ class ChannelGraphBuilder:
     def add_channel_op(self, node: fx.Node, elems: torch.Tensor, params: list[str], out: torch.Tensor,
                        read: tuple[str, ...] = ()) -> None:
         """``params``: the module's own parameter names; ``read``: qualified parameters a
-        functional call reads as (already labelled) tensors."""
+        functional call reads (get_attr), per channel too."""
         name = str(node.target) if node.op == "call_module" else node.name
         qualified = tuple(f"{name}.{p}" for p in params)
         positions = int(out[0].numel() // max(elems.numel(), 1))
         self.channel_ops.append(ChannelOp(name, node.name, elems.numpy(), qualified + tuple(read), positions,
                                           self.topo_of[node.name]))
-        self.param_uses += [ParamUse(p, 0, elems.numpy()) for p in qualified]
+        self.param_uses += [ParamUse(p, 0, elems.numpy()) for p in qualified + tuple(read)]
 
     def claim_param(self, param: str) -> None:
         """A rule records ``param`` per axis (a functional layer's weight): drop its use as a

@@ -179,21 +179,27 @@ def batch_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
         ctx.builder.add_channel_op(ctx.node, elems, [n for n in names if getattr(ctx.module, n) is not None], ctx.out)
     else:  # F.batch_norm (timm's BatchNormAct2d): the vectors arrive as labelled tensors
         names = ("running_mean", "running_var", "weight", "bias")
-        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _tie_vectors(ctx, elems, names, 1))
+        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _per_channel_vectors(ctx, elems, names, 1))
     return labels
 
 
-def _tie_vectors(ctx: RuleContext, elems: torch.Tensor, names: tuple[str, ...], first: int) -> tuple[str, ...]:
-    """Tie each per-channel vector argument to the channels; return the parameters read
-    directly (their qualified names), so counting attributes them to the op."""
+def _per_channel_vectors(ctx: RuleContext, elems: torch.Tensor, names: tuple[str, ...], first: int
+                         ) -> tuple[str, ...]:
+    """The per-channel vector arguments of a functional norm. A parameter read directly is
+    recorded per channel like a module's (returned, qualified; passes slice it by channel):
+    tying its entries would make the parameter a source that joins every channel it covers
+    (a DenseNet concat) into one space. A computed vector is tied to the channels."""
     read = []
     for index, name in enumerate(names, start=first):
         vector = ctx.arg(index, name, labels=True)
-        if isinstance(vector, torch.Tensor) and vector.numel() == elems.numel():
+        if not (isinstance(vector, torch.Tensor) and vector.numel() == elems.numel()):
+            continue
+        node = _node_arg(ctx.node, index, name)
+        if isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1:
+            ctx.builder.claim_param(str(node.target))
+            read.append(str(node.target))
+        else:
             ctx.builder.tie(vector.reshape(-1), elems)
-            node = _node_arg(ctx.node, index, name)
-            if isinstance(node, fx.Node) and node.op == "get_attr":
-                read.append(str(node.target))
     return tuple(read)
 
 
@@ -210,7 +216,7 @@ def group_norm_rule(ctx: RuleContext) -> torch.Tensor | None:
         params = [n for n in ("weight", "bias") if getattr(ctx.module, n) is not None]
         ctx.builder.add_channel_op(ctx.node, elems, params, ctx.out)
     else:
-        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _tie_vectors(ctx, elems, ("weight", "bias"), 2))
+        ctx.builder.add_channel_op(ctx.node, elems, [], ctx.out, _per_channel_vectors(ctx, elems, ("weight", "bias"), 2))
     return labels
 
 

@@ -137,6 +137,26 @@ def test_weight_standardised_conv_is_a_named_barrier() -> None:
     assert any("weight standardisation" in w for w in ir.warnings)
 
 
+def test_functional_norm_after_a_concat_keeps_its_inputs_apart() -> None:
+    """DenseNet in timm: F.batch_norm over cat([earlier stage, new features]). Its parameters
+    are recorded per channel, so they do not join the concat's inputs into one space, and a
+    scope that starts after the earlier stage still splits the new features."""
+
+    class DenseNorm(FunctionalNet):
+        def block(self, x):
+            y = torch.cat([x, self.conv(x)], dim=1)
+            y = F.batch_norm(y, self.bn16.running_mean, self.bn16.running_var, self.bn16.weight, self.bn16.bias,
+                             False, 0.1, 1e-5)
+            return self.mix(y)
+
+    model = DenseNorm("conv")
+    model.bn16, model.mix = nn.BatchNorm2d(16), nn.Conv2d(16, 8, 1)
+    _, ir = analyse(model, SIZE)
+    assert ir.space_of[ir.layer("stem").out_elems[0]] != ir.space_of[ir.layer("conv").out_elems[0]]
+    err, reduced, *_ = split_check(model, SIZE, ScopeSpec((2,), split_from=("conv",)))
+    assert err <= TOL and reduced > 0
+
+
 def test_mean_over_all_channels_still_mixes_them() -> None:
     """Only parallel paths are tied by a reduction: a mean over every channel (a spatial
     attention map) stays a channel-mixing op (shared_only), never one giant node."""
