@@ -87,8 +87,8 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
     An ``out`` that holds anything is refused unless ``force`` (then replaced as a whole), and
     a run that stayed near chance unless ``accept_unlearned``."""
     claim(out, force)  # before minutes of loading
-    check_learned(Path(run_dir), accept_unlearned)
     ckpt, analysis, aset = load_run(run_dir)
+    check_learned(Path(run_dir), accept_unlearned)
     hardened = harden(analysis.ir, analysis.scope, aset.soft(), overlap)
     hard = hardened.assignment
     if overlap is not None:  # fuzzy nodes are duplicated into each of their groups

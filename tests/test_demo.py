@@ -17,7 +17,7 @@ def test_demo_fast_runs_every_stage(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--fast", "--out", str(tmp_path), "--json"], catch_exceptions=False)
     elapsed = time.perf_counter() - start
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["max_rel_err"] <= 1e-4
     report = Path(summary["report"])
     assert report.is_file() and report.stat().st_size > 10_000

@@ -30,8 +30,11 @@ from splitc.learn_groups import (
 from splitc.scope import make_spec
 from splitc.simplex import is_on_simplex
 
+# These tests check the mechanics of the loop step by step, so the warm-up is the fixed one and
+# the groups are not committed (the state-driven phases are tested in test_learn_recipe.py).
 BASE = LearnConfig(model="resnet20", data="synthetic:fast", groups="4", max_steps=6,
-                   warmup_epochs=0.04, batch_size=16, log_every=1)  # warm-up: 3 of 75 steps/epoch
+                   warmup_epochs=0.04, batch_size=16, log_every=1,  # warm-up: 3 of 75 steps/epoch
+                   warmup="fixed", commit=False)
 
 
 def run(tmp: Path, name: str, **changes) -> LearnResult:
@@ -363,7 +366,7 @@ def test_cli_reports_feature_ari_and_takes_init_groups(tmp_path: Path) -> None:
             "--init-groups", "cluster", "--soft-epochs", "0.02", "--out", str(tmp_path / "r"), "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["feature_ari"] is not None and summary["superclass_ari"] == pytest.approx(summary["feature_ari"])
 
 

@@ -34,7 +34,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
     learn(LearnConfig(model="tiny_residual", data="synthetic:fast", groups="2", split_from="res2", max_steps=4,
                       warmup_epochs=0.25, log_every=1, out=str(root / "run")), progress=False)
-    run_split(root / "run", root / "split")
+    run_split(root / "run", root / "split", accept_unlearned=True)  # a few steps: not meant to learn
     (root / "split" / "finetune_metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "epoch": 0, "loss": 3.0 - 0.1 * s, "lr": 0.01}) + "\n" for s in (1, 2, 3))
         + json.dumps({"step": 3, "epoch": 0, "val_acc": 0.1, "kind": "epoch_end"}) + "\n")

@@ -31,7 +31,7 @@ def learned(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def split_dir(learned: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("split")
-    result = run("split", learned, "--out", out, "--json")
+    result = run("split", learned, "--out", out, "--accept-unlearned", "--json")
     assert result.exit_code == 0, result.output
     return out
 
@@ -48,7 +48,7 @@ def test_split_json_report(split_dir: Path) -> None:
 
 
 def test_split_cli_json_keys(learned: Path, tmp_path: Path) -> None:
-    result = run("split", learned, "--out", tmp_path / "s", "--json")
+    result = run("split", learned, "--out", tmp_path / "s", "--accept-unlearned", "--json")
     summary = json.loads(result.output)
     assert {"params", "flops", "params_reduced_pct", "flops_reduced_pct", "groups", "group_sizes",
             "max_rel_err"} <= set(summary)
@@ -128,10 +128,10 @@ def test_overlap_split(tmp_path: Path) -> None:
     learned = tmp_path / "run"
     assert run("learn", "resnet20", "--data", "synthetic:fast", "--groups", "2", "--split-from", "layer3",
                "--max-steps", "1", "--out", learned, "--json").exit_code == 0
-    plain = json.loads(run("split", learned, "--out", tmp_path / "plain", "--json").output)
-    result = run("split", learned, "--out", tmp_path / "o", "--overlap", "0.3", "--json")
+    plain = json.loads(run("split", learned, "--out", tmp_path / "plain", "--accept-unlearned", "--json").output)
+    result = run("split", learned, "--out", tmp_path / "o", "--overlap", "0.3", "--accept-unlearned", "--json")
     fuzzy = json.loads(result.output)
     assert fuzzy["max_rel_err"] <= 1e-5
     assert fuzzy["params"] > plain["params"]
     assert json.loads(run("verify", tmp_path / "o", "--json").output)["ok"]
-    assert "(0, 0.5)" in error_of(run("split", learned, "--out", tmp_path / "x", "--overlap", "0.7"))
+    assert "(0, 0.5)" in error_of(run("split", learned, "--out", tmp_path / "x", "--overlap", "0.7", "--accept-unlearned"))
