@@ -1,7 +1,7 @@
 """Model-parallel finetune (``splitc finetune --nproc N``): step time and parameter memory per
 rank for one process and for 2 ranks, on resnet20 (G=2 from layer3) and WRN-16-8 ``deep``.
 
-Every row runs the finetune's own step (``finetune._step``: forward, loss / N, backward, the
+Every row runs the finetune's own step (``finetune.train_step``: forward, loss / N, backward, the
 trunk all-reduce, SGD) on fixed random batches of the split's input size, after warm-up steps;
 every row starts in fresh processes through PyTorch's elastic launcher, like ``--nproc 2``.
 
@@ -60,7 +60,7 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int, device: torch.
     one): resident memory on the CPU, allocated device memory on a GPU."""
     import torch.distributed as dist
 
-    from splitc.finetune import FinetuneConfig, Replica, Run, _step, make_optimizer
+    from splitc.finetune import FinetuneConfig, Replica, Run, train_step, make_optimizer
     from splitc.finetune_dist import RankModel, RankReplica, place_branches
     from splitc.split_dir import load_split, read_meta
 
@@ -82,7 +82,7 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int, device: torch.
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        _step(run, model.train(), optimizer, replica, i, x, y)
+        train_step(run, model.train(), optimizer, replica, i, x, y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

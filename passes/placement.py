@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from splitc.channel_graph import ChannelGraphBuilder, ChannelIR, LabelInterpreter, _flat_tensors, _has_tensor
+from splitc.channel_graph import ChannelGraphBuilder, ChannelIR, LabelInterpreter, flat_tensors, has_tensor
 from splitc.counting import _Placement
 
 
@@ -51,7 +51,7 @@ class _Recorder(LabelInterpreter):
         return out
 
     def _describe(self, out: Any, labels: Any) -> NodeInfo:
-        tensors = _flat_tensors(labels) if _has_tensor(out) else []
+        tensors = flat_tensors(labels) if has_tensor(out) else []
         if not tensors:
             return NodeInfo(None, None, value=out)
         elems = np.unique(np.concatenate([t.reshape(-1).numpy() for t in tensors]))

@@ -319,7 +319,7 @@ class LabelInterpreter(fx.Interpreter):
         if n.op == "output":
             self.output_labels = label_args[0]
             return label_args[0]
-        if not _has_tensor(out):
+        if not has_tensor(out):
             return out
         return self._apply_rule(n, out, label_args, label_kwargs)
 
@@ -333,7 +333,7 @@ class LabelInterpreter(fx.Interpreter):
             ctx = RuleContext(n, module, args, kwargs, label_args, label_kwargs, out, self.builder)
             result = rule(ctx)
         if result is None or isinstance(result, Decline):
-            inputs = _flat_tensors((label_args, label_kwargs))
+            inputs = flat_tensors((label_args, label_kwargs))
             result = self.builder.opaque(n, inputs, out, getattr(result, "why", None))
         return result
 
@@ -375,21 +375,21 @@ def _as_np(x: Any) -> np.ndarray:
     return np.asarray(x).reshape(-1)
 
 
-def _has_tensor(x: Any) -> bool:
+def has_tensor(x: Any) -> bool:
     if isinstance(x, torch.Tensor):
         return True
     if isinstance(x, (list, tuple)):
-        return any(_has_tensor(v) for v in x)
+        return any(has_tensor(v) for v in x)
     return False
 
 
-def _flat_tensors(x: Any) -> list[torch.Tensor]:
+def flat_tensors(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _flat_tensors(v)]
+        return [t for v in x for t in flat_tensors(v)]
     if isinstance(x, dict):
-        return [t for v in x.values() for t in _flat_tensors(v)]
+        return [t for v in x.values() for t in flat_tensors(v)]
     return []
 
 

@@ -102,7 +102,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
         return finetune_distributed(config, progress)
     folder = Path(config.split_dir)
     meta = read_meta(folder)
-    meta = _claim(folder, meta, config)
+    meta = claim_split_dir(folder, meta, config)
     # --resume continues from the checkpoint; a new run starts from the weights as split
     loaded = load_split(folder, weights=SPLIT_WEIGHTS)
     run = prepare(config, meta, loaded.input_size, torch.device(config.device))
@@ -165,7 +165,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
         model.train()
         for x, y in epoch_loader(run.bundle.train, config.seed, epoch, config.batch_size, run.steps_per_epoch,
                                  step % run.steps_per_epoch):
-            logits, y, loss = _step(run, model, optimizer, replica, step, x, y)
+            logits, y, loss = train_step(run, model, optimizer, replica, step, x, y)
             step += 1
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -183,7 +183,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
     return _finish(run, model, replica, step, correct / seen if seen else None)
 
 
-def _step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, replica: Replica, step: int,
+def train_step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, replica: Replica, step: int,
           x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     for group in optimizer.param_groups:
         group["lr"] = run.config.lr * lr_factor(run.config.schedule, step, run.total)
@@ -215,7 +215,7 @@ def _finish(run: Run, model: torch.nn.Module, replica: Replica, step: int,
     return FinetuneResult(str(run.folder), train_acc, val_acc, step, FINETUNED_WEIGHTS)
 
 
-def _claim(folder: Path, meta: dict[str, Any], config: FinetuneConfig) -> dict[str, Any]:
+def claim_split_dir(folder: Path, meta: dict[str, Any], config: FinetuneConfig) -> dict[str, Any]:
     """A finetune writes into its split dir: an earlier finetune there is continued (--resume)
     or replaced (--force), never overwritten silently."""
     if config.resume and config.force:

@@ -51,9 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SplitcError
-from .finetune import FinetuneConfig, FinetuneResult, Replica, _claim, make_optimizer, prepare, restart, to_run, train
+from .finetune import FinetuneConfig, FinetuneResult, Replica, claim_split_dir, make_optimizer, prepare, restart, to_run, train
 from .split_dir import SPLIT_WEIGHTS, load_split, read_meta
-from .split_model import INPUT, SplitModel, SplitPlan, TensorRef, _key
+from .split_model import INPUT, SplitModel, SplitPlan, TensorRef, module_key
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank stuck this long in a collective fails the job
 
@@ -128,7 +128,7 @@ class RankModel(nn.Module):
         owner = {name: r for r, names in enumerate(placement) for name in names}
         replicated = [s.name for s in full.plan.subgraphs if s.role != "branch"]
         kept = [s.name for s in full.plan.subgraphs if s.name in replicated or owner.get(s.name) == rank]
-        self.parts = nn.ModuleDict({_key(n): full.subgraph(n) for n in kept})
+        self.parts = nn.ModuleDict({module_key(n): full.subgraph(n) for n in kept})
         self.local = [s for s in full.plan.subgraphs if s.name in kept and s.role != "merge"]
         for spec in self.local:
             if any(ref.producer not in kept and ref.producer != INPUT for ref in spec.inputs):
@@ -145,7 +145,7 @@ class RankModel(nn.Module):
             self.calls += 1
             env: dict[str, tuple[torch.Tensor, ...]] = {INPUT: (x,)}
             for spec in self.local:
-                env[spec.name] = tuple(self.parts[_key(spec.name)](*[env[r.producer][r.index] for r in spec.inputs]))
+                env[spec.name] = tuple(self.parts[module_key(spec.name)](*[env[r.producer][r.index] for r in spec.inputs]))
             got = self._exchange(env, x.shape[0])
             merge = self.plan.get("merge")
             return self.parts["merge"](*[got[r] if r in got else env[r.producer][r.index] for r in merge.inputs])[0]
@@ -190,7 +190,7 @@ class RankReplica(Replica):
         self.full_keys = list(full.state_dict())
         self.full_params = [n for n, _ in full.named_parameters()]
         self.local_params = [n for n, _ in model.named_parameters()]
-        self._branch_prefixes = tuple(f"parts.{_key(s.name)}." for s in full.plan.branches)
+        self._branch_prefixes = tuple(f"parts.{module_key(s.name)}." for s in full.plan.branches)
         self.shared = [p for n, p in model.named_parameters() if not self.is_branch(n)]
 
     def is_branch(self, name: str) -> bool:
@@ -283,7 +283,7 @@ def _train_rank(config: FinetuneConfig, rank: int, world: int, local_world: int,
     check_nproc(meta, world, folder)
     check_device(config.device, local_world)
     if rank == 0:
-        meta = _claim(folder, meta, config)
+        meta = claim_split_dir(folder, meta, config)
     dist.barrier()  # rank 0's --force clean-up is done before any rank reads the directory
     loaded = load_split(folder, weights=SPLIT_WEIGHTS)
     run = prepare(config, meta, loaded.input_size, device)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
 from .errors import SplitcError
-from .finetune import CHECKPOINT, METRICS, FinetuneConfig, _claim
+from .finetune import CHECKPOINT, METRICS, FinetuneConfig, claim_split_dir
 from .finetune_dist import RankReport, check_device, check_nproc, run_rank
 from .split_dir import read_meta
 
@@ -41,7 +41,7 @@ def launch_ranks(config: FinetuneConfig, progress: bool = True) -> list[RankRepo
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     folder = Path(config.split_dir)
-    meta = _claim(folder, read_meta(folder), config)
+    meta = claim_split_dir(folder, read_meta(folder), config)
     check_nproc(meta, config.nproc, folder)
     check_device(config.device, config.nproc)
     logs = Path(tempfile.mkdtemp(prefix="splitc-finetune-"))

@@ -89,18 +89,18 @@ class SplitModel(nn.Module):
         super().__init__()
         self.plan = plan
         # ModuleDict keys may not contain dots: "g0.1" is stored as "g0_1".
-        self.parts = nn.ModuleDict({_key(name): modules[name] for name in (s.name for s in plan.subgraphs)})
+        self.parts = nn.ModuleDict({module_key(name): modules[name] for name in (s.name for s in plan.subgraphs)})
 
     def subgraph(self, name: str) -> fx.GraphModule:
-        return self.parts[_key(name)]
+        return self.parts[module_key(name)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, tuple[torch.Tensor, ...]] = {INPUT: (x,)}
         for spec in self.plan.subgraphs:
             args = [env[ref.producer][ref.index] for ref in spec.inputs]
-            env[spec.name] = tuple(self.parts[_key(spec.name)](*args))
+            env[spec.name] = tuple(self.parts[module_key(spec.name)](*args))
         return env["merge"][0]
 
 
-def _key(name: str) -> str:
+def module_key(name: str) -> str:
     return name.replace(".", "_")
