@@ -114,8 +114,10 @@ def stopped_by(ir, start: str) -> str:
     the scope short of the last stage), named by its target; '' when nothing there is flagged."""
     spaces = sorted((ir.spaces[s] for s in _region_from(ir, start)), key=lambda space: space.topo)
     flagged = next((space for space in spaces if space.flags), None)
-    if flagged is None:
-        return ""
+    if flagged is None:  # no weight layer left before the head (NFNet: every conv declined)
+        barriers = [r.split(" (node")[0].removeprefix("no channel rule for ") for space in ir.spaces
+                    for r in space.flags.values() if " (node " in r]
+        return max(set(barriers), key=barriers.count) if barriers else ""
     reason = next(iter(flagged.flags.values()))
     if " (node " in reason:  # an op without a rule, or whose rule declined: "[no channel rule for ]OP[ why]"
         return reason.removeprefix("no channel rule for ").split(" (node")[0]
@@ -180,8 +182,9 @@ def cover(name: str, work: Path) -> dict:
         except SplitcError as exc:
             analysis, start, why = probe, "the classifier (split-depth 1)", str(exc).split(". ")[0]
         row["scope"] = start
+        stop = stopped_by(probe.ir, stage) or why
         if start != stage or analysis.scope.notes:
-            row["stopped_by"] = stopped_by(probe.ir, stage) or why
+            row["stopped_by"] = stop
         del probe  # one copy of the weights at a time: the largest models need most of 24 GiB
         aset = learn_two_steps(analysis)
         if not finite_outputs(analysis):  # else split = masked compares inf with inf and passes
@@ -200,8 +203,9 @@ def cover(name: str, work: Path) -> dict:
         lap("split")
     row.update(params_reduced=summary["params_reduced_pct"], flops_reduced=summary["flops_reduced_pct"],
                split_err=summary["max_rel_err"])
-    if summary["params_reduced_pct"] < 0.05 and not row["note"]:
-        row["note"] = unsplit_reason(analysis)
+    if summary["params_reduced_pct"] < NOOP_PCT:
+        row["note"] = row["note"] or unsplit_reason(analysis)
+        row.setdefault("stopped_by", stop)
     del analysis, aset, hard  # export rebuilds the model from the split directory
     gc.collect()
     export_split(work / "split", work / "onnx", devices="cpu")
