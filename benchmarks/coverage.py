@@ -192,8 +192,8 @@ def cover(name: str, work: Path) -> dict:
             aset = learn_two_steps(analysis, lr=1e-3)
             row["note"] = "2 steps at lr 0.01 overflowed the logits: learned at lr 1e-3"
             if not finite_outputs(analysis):
-                raise RuntimeError("logits not finite after 2 learn steps even at lr 1e-3: timm's BatchNormAct2d "
-                                   "traces to eval-mode F.batch_norm (no batch statistics while learning)")
+                raise RuntimeError("logits not finite after 2 learn steps at lr 1e-3: timm's BatchNormAct2d "
+                                   "traces to eval-mode F.batch_norm")
         lap("learn")
         try:
             hard = harden(analysis.ir, analysis.scope, aset.soft()).assignment
