@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import SplitcError
+from .numerics import relative_error
 from .outputs import claim, replacing
 from .manifest import (BATCH, MANIFEST, SCHEMA_VERSION, GraphEntry, Manifest, ModelIdentity, SubgraphEntry,
                        TensorInfo, file_entry, parse_devices, place, read_manifest, sha256_of)
@@ -277,5 +278,5 @@ def _worst(pipe, reference: torch.nn.Module, manifest: Manifest, batches: int) -
         x = torch.randn(VERIFY_BATCH, *manifest.model.input_size)
         want = reference(x)
         got = torch.from_numpy(np.asarray(pipe(x.numpy())))
-        worst = max(worst, float((got - want).norm() / want.norm().clamp_min(1e-30)))
+        worst = max(worst, relative_error(got, want))
     return worst

@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint
 from .counting import Cost, HardAssignment, balanced_assignment, count
 from .errors import SplitcError
 from .learn_health import LEARNED_FLAG
+from .numerics import relative_error
 from .outputs import claim, replacing
 from .passes.harden import harden
 from .scope import ScopeSpec, make_spec
@@ -77,7 +78,7 @@ def max_rel_err(model: SplitModel, reference: torch.nn.Module, input_size, batch
         for _ in range(batches):
             x = torch.randn(batch_size, *input_size)
             want = reference(x)
-            worst = max(worst, float((model(x) - want).norm() / want.norm().clamp_min(1e-30)))
+            worst = max(worst, relative_error(model(x), want))
     return worst
 
 

@@ -228,3 +228,22 @@ def test_barrier_and_noop_warnings_in_learn_and_split(user_module: str, tmp_path
     for result in (learned, run("split", tmp_path / "run", "--out", tmp_path / "split", "--accept-unlearned")):
         assert "warning: no channel rule for function torch.cumsum" in result.output, result.output
         assert "makes no layer block-diagonal (0.0% of params saved)" in result.output, result.output
+
+
+def test_a_nan_never_verifies() -> None:
+    """max() drops a NaN: a split whose outputs are NaN once verified at error 0.0."""
+    import math
+
+    import torch
+
+    from splitc.numerics import relative_error
+    from splitc.split_run import max_rel_err
+
+    assert relative_error(torch.tensor([float("nan"), 1.0]), torch.ones(2)) == math.inf
+    assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+
+    class Nan(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1) * float("nan")
+
+    assert max_rel_err(Nan(), torch.nn.Flatten(), (3, 4, 4)) == math.inf

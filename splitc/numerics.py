@@ -1,0 +1,14 @@
+"""The one relative-error measure of every equivalence check (split vs masked, ONNX vs PyTorch)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``‖got − want‖ / ‖want‖``; infinite when either side is not finite, so that a NaN never
+    passes a tolerance (``max`` would drop it and a broken graph would verify at 0.0)."""
+    err = float((got - want).norm() / want.norm().clamp_min(1e-30))
+    return err if math.isfinite(err) else math.inf
