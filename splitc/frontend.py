@@ -28,6 +28,11 @@ class LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
+        # A BatchNorm subclass (timm's BatchNormAct2d) traced through becomes
+        # F.batch_norm(training=False) under eval-mode tracing: frozen statistics in learn and
+        # finetune. As a leaf it keeps its train/eval behaviour and gets the BatchNorm rule.
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return True
         return super().is_leaf_module(m, qualname)
 
 

@@ -248,3 +248,20 @@ def test_coverage_table_marks_a_split_that_saves_nothing_no_op(tmp_path) -> None
     assert "| function torch.nn.functional.layer_norm |" in text
     assert "| resnet18 (ResNet) | ok | `stages.3` | 30.0 |" in text
     assert coverage.row_status(row("resnet18", 0.0)) == "no-op"  # torchvision rows too
+
+
+def test_traced_batchnorm_act_keeps_training_mode() -> None:
+    """timm's BatchNormAct2d traced through became F.batch_norm(training=False): statistics frozen
+    in learn and finetune. As a leaf it updates its running statistics in train mode."""
+    import timm as timm_lib
+
+    from splitc.frontend import trace
+
+    gm = trace(timm_lib.create_model("efficientnet_lite0", pretrained=False, num_classes=10))
+    assert not [n for n in gm.graph.nodes if "batch_norm" in str(n.target)]
+    bn = gm.get_submodule("bn1")
+    assert type(bn).__name__ == "BatchNormAct2d"
+    before = bn.running_mean.clone()
+    gm.train()
+    gm(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(before, bn.running_mean)
