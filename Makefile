@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/splitc demo
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

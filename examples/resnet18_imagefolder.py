@@ -61,7 +61,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     per_class = (8, 4) if args.smoke else (40, 10)
     root = Path(args.data) if args.data else write_toy_imagefolder(out / "images", per_class)
-    budget = ["--max-steps", "2", "--batch-size", "8"] if args.smoke else ["--epochs", str(args.epochs)]
+    budget = (["--max-steps", "2", "--batch-size", "8", "--warmup", "fixed", "--assign-lr-mult", "0.02"]
+              if args.smoke else ["--epochs", str(args.epochs)])
     size = "3,32,32" if args.smoke else args.input_size
     data = f"imagefolder:{root}"
     learned = splitc("learn", "resnet18", "--data", data, "--input-size", size, "--groups", args.groups,

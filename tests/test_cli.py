@@ -107,7 +107,7 @@ def test_learn_command_json_and_refuses_to_overwrite(tmp_path) -> None:
             "--max-steps", "4", "--warmup-epochs", "0.01", "--out", str(tmp_path / "run")]
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and set(summary["group_sizes"]) and "superclass_ari" in summary
     assert (tmp_path / "run" / "assignment.json").exists()
     proc = subprocess.run([sys.executable, "-m", "splitc.cli", *args], capture_output=True, text=True)

@@ -186,6 +186,10 @@ def test_digits_grey_replicated_to_rgb() -> None:
 
 # --- cifar100 --------------------------------------------------------------------------------
 
+FINE = [b"apple", b"bee", b"car", b"dog"]
+COARSE = [b"fruit_and_insects", b"other"]
+
+
 def _dump(path: Path, obj: dict) -> None:
     dump_py2(path, obj)
 

@@ -30,6 +30,9 @@ from test_export import tiny  # noqa: F401  (the shared 2 -> 4 tree artifact)
 from test_triton import flat  # noqa: F401  (a flat split of a tiny net)
 
 ray = pytest.importorskip("ray")
+# One xdist worker runs every Ray test (make test passes --dist loadgroup): two Ray clusters
+# started at once on this host killed each other's Serve controller in a CI run.
+pytestmark = pytest.mark.xdist_group("ray")
 serve = pytest.importorskip("ray.serve")
 from splitc.serve import (app_builder, build_app, parse_body, plan_deployments, serve_config,  # noqa: E402
                           wait_running)
