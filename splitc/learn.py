@@ -151,7 +151,7 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
         cfg = run.config
         gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
                                   cfg.gamma_d, cfg.gamma_d_end, cfg.gamma_d_rise)
-        loss = splitnet_loss(ce, regs, (cfg.gamma_w, gamma_d, cfg.gamma_e))
+        loss = splitnet_loss(ce, regs, (cfg.gamma_w * run.rw_scale, gamma_d, cfg.gamma_e))
         if run.grad_share is None:
             run.grad_share = gradient_share(gm, ce, cfg.gamma_w * regs["R_W"])
             log_record(run, {"kind": "grad_share", "step": run.step, **run.grad_share})
@@ -184,9 +184,13 @@ def _after_step(run: LearnRun, metrics: dict[str, Any]) -> None:
     epoch_end = run.step % run.steps_per_epoch == 0
     if epoch_end:
         run.val_history.append(evaluate(run))
+        cut = _cut_energy(run).get("total")
         log_record(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
                    "train_acc": train_acc(run), "val_acc": run.val_history[-1], "frozen": list(run.frozen),
-                   "cut_energy": _cut_energy(run).get("total"), "phase": phase(run)})
+                   "cut_energy": cut, "phase": phase(run), "rw_scale": run.rw_scale})
+        if run.committed:
+            run.rw_scale = schedule.next_rw_scale(run.rw_scale, cut, run.last_cut)
+        run.last_cut = cut
         _decide_warmup(run)
     _maybe_end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
     _maybe_commit(run)

@@ -15,7 +15,9 @@ A run has three phases:
    the regularized steps.
 3. **Clearing** (groups committed). Each space is fixed to its argmax groups and frozen; R_W
    then clears exactly the weights the split will cut, as SplitNet-Random does from its first
-   step. Without this phase the learned groups kept moving until the end and 73% of the cut
+   step. While the cut holds more than ``CUT_TARGET`` of the energy, every epoch that did not
+   halve it doubles γ_W (up to ``RW_BOOST_MAX``): with 6 groups the cross-entropy held 31% of
+   the energy in the cut at a constant γ_W, 526 steps after the commit. Without this phase the learned groups kept moving until the end and 73% of the cut
    layers' energy was still between groups on unseen data, against 0.07% for fixed groups.
 
 The default budget scales with the data: 10 epochs, but never fewer than ``MIN_TOTAL_STEPS``
@@ -36,6 +38,9 @@ FLAT_RISE = 0.01            # validation accuracy rising less than this per epoc
 COMMIT_SHARE = 0.5          # the grouping phase takes at most half of the regularized steps
 CRISP = 0.9                 # mean largest probability per node at which a space counts as decided
 COMMIT_LOGIT = 40.0         # softmax logit gap of a committed node: exp(-40) ~ 4e-18 off its group
+CUT_TARGET = 0.01           # clearing aims at < 1% of the cut layers' energy between groups
+RW_BOOST = 2.0              # ... and doubles γ_W after an epoch that did not halve the cut
+RW_BOOST_MAX = 64.0
 
 
 def total_steps(epochs: int | None, max_steps: int | None, steps_per_epoch: int) -> int:
@@ -96,3 +101,11 @@ def commit_space(module: torch.nn.Module, matrix: torch.Tensor) -> None:
             module.probs.copy_(onehot)
         else:
             raise TypeError(f"cannot commit a {type(module).__name__} assignment")
+
+
+def next_rw_scale(scale: float, cut_now: float | None, cut_before: float | None) -> float:
+    """γ_W's multiplier after a clearing epoch: doubled while the cut stays above target and
+    did not halve over the epoch, else unchanged."""
+    if cut_now is None or cut_before is None or cut_now <= CUT_TARGET or cut_now <= 0.5 * cut_before:
+        return scale
+    return min(RW_BOOST_MAX, scale * RW_BOOST)

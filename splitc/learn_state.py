@@ -35,6 +35,8 @@ class LearnRun:
     step: int = 0
     val_history: list[float] = field(default_factory=list)   # validation accuracy per epoch
     committed: bool = False                    # groups fixed to their argmax (learn_schedule)
+    rw_scale: float = 1.0                      # γ_W's multiplier while clearing (learn_schedule)
+    last_cut: float | None = None              # cut energy at the last epoch end
     grad_share: dict[str, float] | None = None  # regularizer vs CE gradient norms at their start
     frozen: tuple[int, ...] = ()
     probed: bool = False                       # the end-of-warm-up clustering has run
@@ -78,6 +80,7 @@ def save_run(run: LearnRun) -> Path:
         "step": run.step, "epoch": run.step // run.steps_per_epoch, "frozen": list(run.frozen),
         "probed": run.probed, "feature_ari": run.feature_ari, "warmup_steps": run.warmup_steps,
         "val_history": run.val_history, "committed": run.committed, "grad_share": run.grad_share,
+        "rw_scale": run.rw_scale, "last_cut": run.last_cut,
         "warnings": run.warnings, "classifier_energy_ari": run.energy_ari,
         "feature_groups": list(run.feature_groups) if run.feature_groups is not None else None,
         "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
@@ -103,6 +106,7 @@ def restore_run(run: LearnRun) -> None:
     run.probed, run.feature_ari = bool(ckpt.get("probed", False)), ckpt.get("feature_ari")
     run.warmup_steps = ckpt.get("warmup_steps", run.warmup_steps)
     run.val_history, run.committed = list(ckpt.get("val_history", [])), bool(ckpt.get("committed", False))
+    run.rw_scale, run.last_cut = float(ckpt.get("rw_scale", 1.0)), ckpt.get("last_cut")
     run.grad_share, run.warnings = ckpt.get("grad_share"), list(ckpt.get("warnings", []))
     run.energy_ari = ckpt.get("classifier_energy_ari")
     groups = ckpt.get("feature_groups")

@@ -124,3 +124,11 @@ def test_cifar_format_folder_loads(tmp_path: Path) -> None:
 
     bundle = load_data(f"cifar100:{write_shapes_cifar(tmp_path / 'c', classes=12, per_class=(3, 2))}")
     assert bundle.num_classes == 12 and len(bundle.train) == 36 and bundle.superclass_names == ("filled", "outlined")
+
+
+def test_clearing_boosts_rw_only_while_the_cut_stalls() -> None:
+    assert schedule.next_rw_scale(1.0, 0.30, 0.34) == 2.0      # stalled above target: doubled
+    assert schedule.next_rw_scale(2.0, 0.10, 0.30) == 2.0      # halved: unchanged
+    assert schedule.next_rw_scale(4.0, 0.005, 0.009) == 4.0    # below target: unchanged
+    assert schedule.next_rw_scale(64.0, 0.3, 0.3) == schedule.RW_BOOST_MAX
+    assert schedule.next_rw_scale(1.0, 0.3, None) == 1.0
