@@ -24,7 +24,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/splitc demo
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 -m 'not slow and not ray' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:xdist -m 'ray and not slow' $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
