@@ -1,5 +1,5 @@
 """CPU latency of the split pipeline against the unsplit masked model: WRN-16-8 ``deep`` (G=2,
-FLOPs ratio 0.68), batches 1, 32 and 128, with ``splitc.runtime.bench`` (interleaved in one
+FLOPs ratio 0.68), batches 1, 32 and 128, with ``splitc.deploy.runtime.bench`` (interleaved in one
 process, same input, warm-up and repetitions; medians). Two placements:
 
 * ``cpu``: every subgraph on the CPU, so the runtime runs the fused graph in one session;
@@ -23,9 +23,9 @@ REPS = {1: 200, 32: 30, 128: 8}   # repetitions per round; warm-up is 5 (2 at ba
 
 def artifact(work: Path) -> Path:
     """The wrn16_8 deep split (random balanced groups, no training) exported for the CPU."""
-    from splitc.export import export_split
-    from splitc.scope import PRESETS
-    from splitc.split_run import random_split
+    from splitc.deploy.export import export_split
+    from splitc.graph.scope import PRESETS
+    from splitc.compile.split_run import random_split
 
     split_dir, art_dir = work / "wrn16_8-deep-split", work / "wrn16_8-deep-onnx"
     if not (split_dir / "split.json").is_file():
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32,128")
     parser.add_argument("--rounds", type=int, default=3, help="Benchmark rounds per cell (median of ratios).")
     args = parser.parse_args()
-    from splitc.runtime import bench, cpu_cores
+    from splitc.deploy.runtime import bench, cpu_cores
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,10 @@ def main() -> None:
         return
     print(f"{gpus} GPU(s): " + ", ".join(torch.cuda.get_device_name(i) for i in range(gpus)))
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}")
-    from splitc.export import export_split
-    from splitc.runtime import bench
-    from splitc.scope import PRESETS
-    from splitc.split_run import random_split
+    from splitc.deploy.export import export_split
+    from splitc.deploy.runtime import bench
+    from splitc.graph.scope import PRESETS
+    from splitc.compile.split_run import random_split
 
     work = Path(args.work)
     split_dir, art_dir = work / "wrn16_8-deep-split", work / "wrn16_8-deep-onnx"

@@ -44,16 +44,16 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from splitc import runtime
-from splitc.analysis import analyse
-from splitc.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
-from splitc.counting import balanced_assignment
-from splitc.errors import SplitcError
-from splitc.export import export_split, verify_artifact
+from splitc.deploy import runtime
+from splitc.graph.analysis import analyse
+from splitc.learn.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
+from splitc.graph.group_tree import balanced_assignment
+from splitc.core.errors import SplitcError
+from splitc.deploy.export import export_split, verify_artifact
 from splitc.passes.harden import harden
-from splitc.opkinds import target_name
-from splitc.scope import ScopeSpec, _region_from, last_stage, make_spec
-from splitc.split_run import write_split
+from splitc.graph.opkinds import target_name
+from splitc.graph.scope import ScopeSpec, _region_from, last_stage, make_spec
+from splitc.compile.split_run import write_split
 
 SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}
 NATIVE_ONLY = ("vit_", "swin_", "maxvit_")   # position embeddings / window sizes fix 224x224

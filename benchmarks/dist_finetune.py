@@ -45,8 +45,8 @@ class Row:
 
 
 def split_dir(work: Path, name: str) -> Path:
-    from splitc.scope import make_spec
-    from splitc.split_run import random_split
+    from splitc.graph.scope import make_spec
+    from splitc.compile.split_run import random_split
 
     model, (groups, split_from, preset), _ = CASES[name]
     folder = work / name.replace(" ", "_").replace("=", "")
@@ -60,9 +60,9 @@ def time_steps(folder: Path, batch: int, steps: int, warmup: int, device: torch.
     one): resident memory on the CPU, allocated device memory on a GPU."""
     import torch.distributed as dist
 
-    from splitc.finetune import FinetuneConfig, Replica, Run, train_step, make_optimizer
-    from splitc.finetune_dist import RankModel, RankReplica, place_branches
-    from splitc.split_dir import load_split, read_meta
+    from splitc.compile.finetune_loop import FinetuneConfig, Replica, Run, train_step, make_optimizer
+    from splitc.compile.finetune_dist import RankModel, RankReplica, place_branches
+    from splitc.compile.split_dir import load_split, read_meta
 
     meta, loaded = read_meta(folder), load_split(folder)
     config = FinetuneConfig(str(folder))
@@ -121,9 +121,9 @@ def launch(folder: Path, batch: int, steps: int, warmup: int, nproc: int, thread
 
 
 def ideal_ratio(folder: Path) -> float:
-    from splitc.finetune_dist import place_branches
-    from splitc.split_dir import read_meta
-    from splitc.split_model import SplitPlan
+    from splitc.compile.finetune_dist import place_branches
+    from splitc.compile.split_dir import read_meta
+    from splitc.graph.split_model import SplitPlan
 
     meta = read_meta(folder)
     flops = {n: c["flops"] for n, c in meta["report"]["subgraphs"].items()}

@@ -27,15 +27,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from splitc.analysis import analyse
-from splitc.counting import count
-from splitc.data import accuracy, load_data
-from splitc.finetune import FinetuneConfig, finetune
-from splitc.learn import LearnConfig, learn
-from splitc.scope import make_spec
-from splitc.split_dir import load_split
-from splitc.split_run import run_split
-from splitc.tables import human, table
+from splitc.graph.analysis import analyse
+from splitc.graph.counting import count
+from splitc.data.batches import accuracy
+from splitc.data.loaders import load_data
+from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.learn.loop import LearnConfig, learn
+from splitc.graph.scope import make_spec
+from splitc.compile.split_dir import load_split
+from splitc.compile.split_run import run_split
+from splitc.core.tables import human, table
 
 
 def fit_plain(model: torch.nn.Module, bundle, epochs: int, batch_size: int, lr: float, seed: int,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 
 def split_dir(work: Path) -> Path:
-    from splitc.scope import ScopeSpec
-    from splitc.split_run import random_split
+    from splitc.graph.scope import ScopeSpec
+    from splitc.compile.split_run import random_split
 
     folder = work / "resnet50-layer4-split"
     if not (folder / "split.json").is_file():
@@ -40,8 +40,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     source = split_dir(work)
     splitc = [sys.executable, "-m", "splitc.cli"]
-    print("| run | wall s | CPU s | rebuild split s | export s | fuse s | load avg |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | wall s | CPU s | export total s | seconds per pass | load avg |")
+    print("|---|---|---|---|---|---|")
     for run in range(1, args.repeat + 1):
         out = work / "resnet50-onnx"
         shutil.rmtree(out, ignore_errors=True)
@@ -54,8 +54,9 @@ def main() -> None:
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if done.returncode:
             sys.exit(done.stderr)
-        s = json.loads(done.stdout)["seconds"]
-        print(f"| {run} | **{wall:.1f}** | {cpu:.1f} | {s['load']:.1f} | {s['export']:.1f} | {s['fuse']:.1f} | "
+        summary = json.loads(done.stdout)
+        passes = ", ".join(f"{name} {sec:.1f}" for name, sec in summary["pass_seconds"].items())
+        print(f"| {run} | **{wall:.1f}** | {cpu:.1f} | {summary['seconds']:.1f} | {passes} | "
               f"{os.getloadavg()[0]:.2f} |", flush=True)
 
 

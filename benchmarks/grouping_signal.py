@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 from end_to_end import fit_plain, training_parser
-from splitc.analysis import analyse
-from splitc.cluster import balanced_spectral_clustering
-from splitc.data import accuracy, load_data
-from splitc.learn_groups import (classifier_energy, classifier_layer, layer_input_class_means,
+from splitc.graph.analysis import analyse
+from splitc.learn.cluster import balanced_spectral_clustering
+from splitc.data.batches import accuracy
+from splitc.data.loaders import load_data
+from splitc.learn.groups import (classifier_energy, classifier_layer, layer_input_class_means,
                                  split_input_class_means, superclass_ari)
-from splitc.scope import make_spec
-from splitc.tables import table
+from splitc.graph.scope import make_spec
+from splitc.core.tables import table
 
 VIEWS = ("split input", "classifier input", "classifier |W|^2", "classifier W")
 

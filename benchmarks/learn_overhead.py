@@ -22,11 +22,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from splitc.analysis import analyse
-from splitc.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
-from splitc.learn import LearnConfig
-from splitc.learn_optim import make_optimizers
-from splitc.scope import make_spec
+from splitc.graph.analysis import analyse
+from splitc.learn.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
+from splitc.learn.loop import LearnConfig
+from splitc.learn.optim import make_optimizers
+from splitc.graph.scope import make_spec
 
 CASES = {  # model -> (num_classes, scope options for make_spec)
     "resnet20": (20, {"groups": "4", "split_depth": "7"}),

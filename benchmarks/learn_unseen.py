@@ -29,14 +29,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from datagen import write_shapes_cifar, write_shapes_imagefolder  # noqa: E402
 from end_to_end import fit_plain  # noqa: E402
 
-from splitc.analysis import analyse  # noqa: E402
-from splitc.data import accuracy, load_data  # noqa: E402
-from splitc.finetune import FinetuneConfig, finetune  # noqa: E402
-from splitc.learn import LearnConfig, learn  # noqa: E402
-from splitc.scope import make_spec  # noqa: E402
-from splitc.split_dir import load_split  # noqa: E402
-from splitc.split_run import run_split  # noqa: E402
-from splitc.tables import table  # noqa: E402
+from splitc.graph.analysis import analyse  # noqa: E402
+from splitc.data.batches import accuracy  # noqa: E402
+from splitc.data.loaders import load_data  # noqa: E402
+from splitc.compile.finetune import FinetuneConfig, finetune  # noqa: E402
+from splitc.learn.loop import LearnConfig, learn  # noqa: E402
+from splitc.graph.scope import make_spec  # noqa: E402
+from splitc.compile.split_dir import load_split  # noqa: E402
+from splitc.compile.split_run import run_split  # noqa: E402
+from splitc.core.tables import table  # noqa: E402
 
 
 def data_spec(name: str, work: Path) -> str:

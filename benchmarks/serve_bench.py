@@ -1,5 +1,5 @@
 """Latency and throughput of one artifact three ways, side by side in one run: the in-process
-runtime (``splitc.runtime.load``), Ray Serve with one deployment per subgraph, and Ray Serve
+runtime (``splitc.deploy.runtime.load``), Ray Serve with one deployment per subgraph, and Ray Serve
 with the fused graph as one deployment.
 
 Each request is one call from a single client, timed end to end (the Serve calls go through
@@ -36,8 +36,8 @@ def callers(art: str, http: bool, port: int) -> dict:
     import ray
     from ray import serve
 
-    from splitc import runtime
-    from splitc.serve import build_app, run_app
+    from splitc.deploy import runtime
+    from splitc.deploy.serve import build_app, run_app
 
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -99,7 +99,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from splitc.manifest import read_manifest
+    from splitc.deploy.manifest import read_manifest
 
     manifest = read_manifest(args.art_dir)
     batches, reps = [int(b) for b in args.batches.split(",")], [int(r) for r in args.reps.split(",")]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from splitc.simplex import (
+from splitc.learn.simplex import (
     assignment_with_optimizer,
     project_to_simplex,
     uniform_init,

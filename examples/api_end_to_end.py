@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from splitc import runtime
-from splitc.export import export_split, verify_artifact
-from splitc.finetune import FinetuneConfig, finetune
-from splitc.learn import LearnConfig, learn
-from splitc.split_dir import load_split
-from splitc.split_run import run_split
+from splitc.deploy import runtime
+from splitc.deploy.export import export_split, verify_artifact
+from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.learn.loop import LearnConfig, learn
+from splitc.compile.split_dir import load_split
+from splitc.compile.split_run import run_split
 
 
 def main() -> None:

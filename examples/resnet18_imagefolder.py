@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from splitc import synthetic
+from splitc.data import synthetic
 
 
 def write_toy_imagefolder(root: Path, per_class: tuple[int, int] = (40, 10)) -> Path:

@@ -1,6 +1,6 @@
 """Data written the way a user brings it: PNG ImageFolders and CIFAR-format folders of shapes.
 
-The shapes are drawn with PIL, not taken from ``splitc.synthetic`` (whose classes are textured
+The shapes are drawn with PIL, not taken from ``splitc.data.synthetic`` (whose classes are textured
 silhouettes), so that ``learn``'s recipe is checked on data it was not tuned on. Each class is a
 shape kind; position, size, rotation, colours and noise are random. Also used by
 ``benchmarks/learn_unseen.py``.

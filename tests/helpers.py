@@ -8,9 +8,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from splitc import zoo
-from splitc.channel_graph import ChannelIR, build_channel_graph
-from splitc.frontend import trace
+from splitc.graph import zoo
+from splitc.graph.channel_graph import build_channel_graph
+from splitc.graph.channel_ir import ChannelIR
+from splitc.graph.frontend import trace
 
 # Reduced input sizes that every listed torchvision model accepts.
 SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}

@@ -1,4 +1,4 @@
-"""Assignments over a scope and SplitNet's loss terms over a model (splitc.assign).
+"""Assignments over a scope and SplitNet's loss terms over a model (splitc.learn.assign).
 
 The key checks: one parameter per space; hierarchical levels are read by summing children;
 R_W vanishes exactly on weights masked block-diagonally under the same (hard) groups and is
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from helpers import analyse, randomize
-from splitc import zoo
-from splitc.assign import AssignmentSet, cut_energy, layer_weight_terms, splitnet_loss, splitnet_regularizers
-from splitc.counting import balanced_assignment
-from splitc.regularizers import group_weight_reg
-from splitc.scope import ScopeSpec, layer_kind, resolve_scope
-from splitc.simplex import ReducedGradient, is_on_simplex
+from splitc.graph import zoo
+from splitc.learn.assign import AssignmentSet, cut_energy, layer_weight_terms, splitnet_loss, splitnet_regularizers
+from splitc.graph.group_tree import balanced_assignment
+from splitc.learn.regularizers import group_weight_reg
+from splitc.graph.scope import ScopeSpec, layer_kind, resolve_scope
+from splitc.learn.simplex import ReducedGradient, is_on_simplex
 
 FLAT = ScopeSpec(groups=(2,), split_from=("layer3",))
 HIER = ScopeSpec(groups=(2, 4), split_from=("layer2", "layer3"))

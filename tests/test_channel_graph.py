@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from helpers import analyse
-from splitc import zoo
-from splitc.channel_rules import RULES, channel_rule
-from splitc.errors import SplitcError
-from splitc.frontend import trace
-from splitc.opkinds import Kind
+from splitc.graph import zoo
+from splitc.graph.channel_rules import RULES, channel_rule
+from splitc.core.errors import SplitcError
+from splitc.graph.frontend import trace
+from splitc.graph.opkinds import Kind
 
 
 def built(name: str):
@@ -113,7 +113,7 @@ def test_unknown_op_becomes_a_named_barrier() -> None:
 
     gm = trace(Cumulative())
     with pytest.warns(UserWarning, match="no channel rule for function torch.cumsum"):
-        from splitc.channel_graph import build_channel_graph
+        from splitc.graph.channel_graph import build_channel_graph
         ir = build_channel_graph(gm, (3, 8, 8))
     conv_space = ir.space_of[ir.layer("conv").out_elems[0]]
     assert "opaque" in ir.spaces[conv_space].flags

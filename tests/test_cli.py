@@ -11,7 +11,7 @@ import torchvision
 from click.testing import CliRunner
 
 from splitc import __version__
-from splitc.cli import main
+from splitc.cli.main import main
 
 TABLE1 = {"fc": (0.35, 0.0), "shallow": (32.54, 14.63), "deep": (46.39, 31.97), "hier": (62.58, 39.29)}
 INSPECT_DEFAULT = ["resnet18", "mobilenet_v3_small", "densenet121", "shufflenet_v2_x0_5",

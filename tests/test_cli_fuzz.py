@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import splitc.learn as learn_module
-from splitc.cli import main
+import splitc.learn.loop as learn_module
+from splitc.cli.main import main
 
 EXAMPLES = 200
 MODELS = ["tiny_residual", "tiny_seq", "nope_net", "torch.nn:Identity", "missing.module:f"]

@@ -1,4 +1,4 @@
-"""``splitc.cluster``: ARI against scikit-learn's, and balanced spectral clustering that finds
+"""``splitc.learn.cluster``: ARI against scikit-learn's, and balanced spectral clustering that finds
 planted groups of classes with equal sizes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from splitc.cluster import (
+from splitc.learn.cluster import (
     adjusted_rand_index,
     balanced_assign,
     balanced_kmeans,

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from helpers import analyse
-from splitc import zoo
-from splitc.counting import balanced_assignment, count
-from splitc.scope import PRESETS, ScopeSpec, resolve_scope
+from splitc.graph import zoo
+from splitc.graph.group_tree import balanced_assignment
+from splitc.graph.counting import count
+from splitc.graph.scope import PRESETS, ScopeSpec, resolve_scope
 
 TABLE1 = {"fc": (0.35, 0.0), "shallow": (32.54, 14.63), "deep": (46.39, 31.97), "hier": (62.58, 39.29)}
 

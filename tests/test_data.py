@@ -1,4 +1,4 @@
-"""Tests for splitc.data / splitc.synthetic: every --data form, offline, in seconds."""
+"""Tests for splitc.data.loaders / splitc.data.synthetic: every --data form, offline, in seconds."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from torchvision import transforms as T
 
 from datagen import dump_py2
-from splitc import synthetic
-from splitc.data import DataBundle, DataError, ImageTensorDataset, describe_specs, load_data
+from splitc.data import synthetic
+from splitc.data.loaders import DataBundle, DataError, ImageTensorDataset, describe_specs, load_data
 
 
 def _labels(ds: torch.utils.data.Dataset) -> list[int]:

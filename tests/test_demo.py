@@ -9,7 +9,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from splitc.cli import main
+from splitc.cli.main import main
 
 
 def test_demo_fast_runs_every_stage(tmp_path: Path) -> None:

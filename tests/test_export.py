@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from splitc.errors import SplitcError
-from splitc.export import EXAMPLE_BATCH, VERIFY_BATCH, export_split, verify_artifact
-from splitc.manifest import (BATCH, GraphEntry, SubgraphEntry, parse_devices, place, read_manifest,
+from splitc.core.errors import SplitcError
+from splitc.deploy.export import EXAMPLE_BATCH, VERIFY_BATCH, export_split, verify_artifact
+from splitc.deploy.manifest import (BATCH, GraphEntry, SubgraphEntry, parse_devices, place, read_manifest,
                              sha256_of)
-from splitc.scope import PRESETS, ScopeSpec
-from splitc.split_dir import read_meta
-from splitc.split_model import INPUT
-from splitc.split_run import random_split
+from splitc.graph.scope import PRESETS, ScopeSpec
+from splitc.compile.split_dir import read_meta
+from splitc.graph.split_model import INPUT
+from splitc.compile.split_run import random_split
 
 TOL = 1e-4
 SMALL = (3, 64, 64)
@@ -48,7 +48,7 @@ def build(root: Path, name: str, spec: ScopeSpec, **kwargs) -> tuple[Path, Path]
     (whose output is kept beside it); built once, also across xdist workers."""
     from click.testing import CliRunner
 
-    from splitc.cli import main
+    from splitc.cli.main import main
 
     split_dir, art_dir = root / f"{name}-split", root / f"{name}-onnx"
     with FileLock(str(root / f"{name}.lock")):
@@ -182,7 +182,7 @@ def test_weights_past_the_embed_limit_go_to_side_files(tmp_path: Path, monkeypat
     """Large models (the 600M-parameter torchvision ones) keep weights in ``.onnx.data`` files;
     the fused graph, composed from such parts, must do the same (it cannot exceed protobuf's 2 GB)
     and still equal the split model. The limit is lowered so that a small model takes that path."""
-    import splitc.export as export_module
+    import splitc.deploy.export as export_module
 
     monkeypatch.setattr(export_module, "EMBED_LIMIT", 1 << 16)
     random_split("resnet20", ScopeSpec((2,), split_from=("layer3",)), tmp_path / "split", num_classes=10,

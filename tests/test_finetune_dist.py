@@ -1,4 +1,4 @@
-"""Model-parallel finetune (splitc/finetune_dist.py) on CPU with gloo: exactness against one
+"""Model-parallel finetune (splitc/compile/finetune_dist.py) on CPU with gloo: exactness against one
 process, the ranks' memory, equal BatchNorm statistics, a killed worker, and bad input.
 
 The split directories come from ``random_split`` (no learn run) and the data is
@@ -25,14 +25,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from splitc.checkpoint import load_checkpoint
-from splitc.cli import main
-from splitc.finetune import CHECKPOINT, FinetuneConfig, finetune
-from splitc.finetune_dist import RankModel, RankReplica, place_branches
-from splitc.finetune_launch import launch_ranks
-from splitc.scope import make_spec
-from splitc.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, load_split
-from splitc.split_run import random_split
+from splitc.core.checkpoint import load_checkpoint
+from splitc.cli.main import main
+from splitc.compile.finetune import CHECKPOINT, FinetuneConfig, finetune
+from splitc.compile.finetune_dist import RankModel, RankReplica, place_branches
+from splitc.compile.finetune_launch import launch_ranks
+from splitc.graph.scope import make_spec
+from splitc.compile.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, load_split
+from splitc.compile.split_run import random_split
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is missing")
 

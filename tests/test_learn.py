@@ -1,4 +1,4 @@
-"""``splitc.learn`` and ``splitc.checkpoint``: the run's files, warm-up, resume, determinism,
+"""``splitc.learn.loop`` and ``splitc.core.checkpoint``: the run's files, warm-up, resume, determinism,
 and one-line errors for bad checkpoints. Runs are a few steps of resnet20 on synthetic:fast."""
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-from splitc.analysis import analyse
-from splitc.assign import AssignmentSet
-from splitc.checkpoint import load_checkpoint, save_checkpoint
-from splitc.cluster import adjusted_rand_index
-from splitc.errors import SplitcError
-from splitc.learn import LearnConfig, LearnResult, learn
-from splitc.learn_optim import disjoint_weight
-from splitc.learn_groups import (
+from splitc.graph.analysis import analyse
+from splitc.learn.assign import AssignmentSet
+from splitc.core.checkpoint import load_checkpoint, save_checkpoint
+from splitc.learn.cluster import adjusted_rand_index
+from splitc.core.errors import SplitcError
+from splitc.learn.loop import LearnConfig, LearnResult, learn
+from splitc.learn.optim import disjoint_weight
+from splitc.learn.groups import (
     INIT_CONFIDENCE,
     class_groups,
     cluster_classes,
     init_class_assignment,
     split_input_layer,
 )
-from splitc.scope import make_spec
-from splitc.simplex import is_on_simplex
+from splitc.graph.scope import make_spec
+from splitc.learn.simplex import is_on_simplex
 
 # These tests check the mechanics of the loop step by step, so the warm-up is the fixed one and
 # the groups are not committed (the state-driven phases are tested in test_learn_recipe.py).
@@ -110,7 +110,7 @@ def test_same_seed_same_losses_and_exact_resume(tmp_path: Path, base_run: LearnR
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Rerun the base run, snapshotting its step-4 checkpoint as a kill would leave it; the rerun
     must match the base run, and resuming the snapshot must reproduce steps 5 and 6 exactly."""
-    import splitc.learn as learn_module
+    import splitc.learn.loop as learn_module
 
     original, killed = learn_module.save_run, tmp_path / "killed"
 
@@ -213,7 +213,7 @@ def test_save_is_atomic_and_plain(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from splitc.learn import LearnConfig, learn
+from splitc.learn.loop import LearnConfig, learn
 learn(LearnConfig(model="resnet20", data="synthetic:fast", max_steps=200, warmup_epochs=0.04,
                   batch_size=16, checkpoint_every=1, log_every=1, out=sys.argv[1]), progress=False)
 """
@@ -253,7 +253,7 @@ def steps_if_any(run_dir: Path) -> list[dict]:
 
 def test_overlap_freezes_crisp_spaces_only(tmp_path: Path) -> None:
     """METHOD.md §6: a space with < 20% fuzzy nodes stops training; a uniform one keeps going."""
-    import splitc.learn as learn_module
+    import splitc.learn.loop as learn_module
 
     state = learn_module._setup(replace(BASE, out=str(tmp_path / "o"), overlap=0.1))
     crisp, uniform = state.aset.spaces[0], state.aset.spaces[1]
@@ -360,7 +360,7 @@ def test_init_class_assignment(kind: str) -> None:
 def test_cli_reports_feature_ari_and_takes_init_groups(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from splitc.cli import main
+    from splitc.cli.main import main
 
     args = ["learn", "resnet20", "--data", "synthetic:fast", "--max-steps", "4", "--warmup-epochs", "0.02",
             "--init-groups", "cluster", "--soft-epochs", "0.02", "--out", str(tmp_path / "r"), "--json"]

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from datagen import write_shapes_cifar, write_shapes_imagefolder
-from splitc import learn_schedule as schedule
-from splitc.cli import main
-from splitc.learn_health import learned_threshold, near_chance
-from splitc.simplex import SimplexAssignment, SoftmaxAssignment
+from splitc.learn import schedule
+from splitc.cli.main import main
+from splitc.learn.health import learned_threshold, near_chance
+from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment
 
 
 def test_default_budget_scales_with_small_data() -> None:
@@ -85,7 +85,7 @@ def test_imagefolder_runs_at_its_own_size_and_says_so(tiny_folder: Path, tmp_pat
 
 
 def test_torchvision_model_takes_the_images_size(tiny_folder: Path) -> None:
-    from splitc.data import choose_input_size
+    from splitc.data.sizes import choose_input_size
 
     size, why = choose_input_size(f"imagefolder:{tiny_folder}", (3, 224, 224), model_is_native=False)
     assert size == (3, 32, 32) and "images" in why
@@ -120,7 +120,7 @@ def test_metrics_show_each_term(tmp_path: Path) -> None:
 
 
 def test_cifar_format_folder_loads(tmp_path: Path) -> None:
-    from splitc.data import load_data
+    from splitc.data.loaders import load_data
 
     bundle = load_data(f"cifar100:{write_shapes_cifar(tmp_path / 'c', classes=12, per_class=(3, 2))}")
     assert bundle.num_classes == 12 and len(bundle.train) == 36 and bundle.superclass_names == ("filled", "outlined")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 
 from archgen import architectures
 from helpers import analyse, input_size_for, randomize, rel_err
-from splitc import zoo
-from splitc.channel_graph import ChannelIR
+from splitc.graph import zoo
+from splitc.graph.channel_ir import ChannelIR
 from splitc.passes.permute_channels import (
     ChannelPermutation, iter_permuted, output_order, permutable_spaces, permutation_from_ranks, permuted_tensors, random_ranks, source_index)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from splitc.cli import main
+from splitc.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = {"learn": ["--max-steps", "2", "--batch-size", "8"], "finetune": ["--max-steps", "1", "--batch-size", "8"],

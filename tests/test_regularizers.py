@@ -1,4 +1,4 @@
-"""Tests for splitc.regularizers against explicit NumPy loops over the METHOD.md §3 formulas."""
+"""Tests for splitc.learn.regularizers against explicit NumPy loops over the METHOD.md §3 formulas."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitc.regularizers import (
+from splitc.learn.regularizers import (
     balance_reg,
     combine_layer_terms,
     disjoint_reg,
     group_weight_reg,
     weight_energy_matrix,
 )
-from splitc.simplex import SimplexAssignment, SoftmaxAssignment, project_to_simplex, uniform_init
+from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment, project_to_simplex, uniform_init
 
 Tensor = torch.Tensor
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from splitc.cli import main
-from splitc.learn import LearnConfig
-from splitc.scope import PRESETS, make_spec
+from splitc.cli.main import main
+from splitc.learn.loop import LearnConfig
+from splitc.graph.scope import PRESETS, make_spec
 
 TINY = ["tiny_residual", "--data", "synthetic:tiny", "--groups", "2", "--split-depth", "2",
         "--batch-size", "8", "--max-steps", "2"]
@@ -236,8 +236,8 @@ def test_a_nan_never_verifies() -> None:
 
     import torch
 
-    from splitc.numerics import relative_error
-    from splitc.split_run import max_rel_err
+    from splitc.core.numerics import relative_error
+    from splitc.compile.split_run import max_rel_err
 
     assert relative_error(torch.tensor([float("nan"), 1.0]), torch.ones(2)) == math.inf
     assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from splitc.cli import main
-from splitc.errors import SplitcError
-from splitc.learn import LearnConfig, learn
-from splitc.report import write_report
-from splitc.split_run import run_split
+from splitc.cli.main import main
+from splitc.core.errors import SplitcError
+from splitc.learn.loop import LearnConfig, learn
+from splitc.report.run_report import write_report
+from splitc.compile.split_run import run_split
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

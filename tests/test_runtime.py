@@ -1,4 +1,4 @@
-"""splitc.runtime and the deploy commands: placement at load, sessions and their options, the
+"""splitc.deploy.runtime and the deploy commands: placement at load, sessions and their options, the
 CUDA request (ORT's session factory mocked: this host has no GPU), one-line validation errors,
 run (accuracy on data, raw arrays), bench and verify."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from splitc import runtime
-from splitc.cli import main
-from splitc.errors import SplitcError
-from splitc.manifest import read_manifest
-from splitc.split_dir import load_split, write_json
+from splitc.deploy import runtime
+from splitc.cli.main import main
+from splitc.core.errors import SplitcError
+from splitc.deploy.manifest import read_manifest
+from splitc.compile.split_dir import load_split, write_json
 from test_export import TINY_NAMES, tiny  # noqa: F401  (the shared small artifact: a 2 -> 4 tree)
 
 
@@ -157,7 +157,7 @@ def test_bad_inputs_are_refused(tiny) -> None:  # noqa: F811
 
 
 def test_run_on_two_cpu_devices_matches_pytorch_accuracy(tiny) -> None:  # noqa: F811
-    from splitc.data import load_data
+    from splitc.data.loaders import load_data
 
     split_dir, art_dir = tiny
     result = cli("run", art_dir, "--data", "synthetic:fast", "--devices", "cpu,cpu", "--json")

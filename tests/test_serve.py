@@ -1,4 +1,4 @@
-"""splitc.serve: the split as a Ray Serve application equals the in-process runtime.
+"""splitc.deploy.serve: the split as a Ray Serve application equals the in-process runtime.
 
 One Ray instance for the module: ``ray.cluster_utils.Cluster`` with two nodes whose custom
 resources stand for the devices ``cpu:0`` and ``cpu:1``, and Serve's HTTP proxy on the head.
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from splitc import runtime
-from splitc.cli import main
-from splitc.errors import SplitcError
+from splitc.deploy import runtime
+from splitc.cli.main import main
+from splitc.core.errors import SplitcError
 from test_export import tiny  # noqa: F401  (the shared 2 -> 4 tree artifact)
 from test_triton import flat  # noqa: F401  (a flat split of a tiny net)
 
@@ -35,7 +35,7 @@ ray = pytest.importorskip("ray")
 # was killed before it ran (twice in CI), while the same file passed alone in 109 s.
 pytestmark = pytest.mark.ray
 serve = pytest.importorskip("ray.serve")
-from splitc.serve import (app_builder, build_app, parse_body, plan_deployments, serve_config,  # noqa: E402
+from splitc.deploy.serve import (app_builder, build_app, parse_body, plan_deployments, serve_config,  # noqa: E402
                           wait_running)
 
 TIMEOUT = 60          # seconds for any one request
@@ -101,7 +101,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def batch(art: Path, n: int, rng: np.random.Generator) -> np.ndarray:
-    from splitc.manifest import read_manifest
+    from splitc.deploy.manifest import read_manifest
 
     return rng.standard_normal((n, *read_manifest(art).model.input_size)).astype(np.float32)
 
@@ -127,7 +127,7 @@ def test_serve_equals_in_process_runtime(apps, name: str) -> None:
 
 
 def test_sibling_branches_land_on_the_nodes_the_manifest_names(apps, cluster, flat) -> None:  # noqa: F811
-    from splitc.manifest import parse_devices, read_manifest
+    from splitc.deploy.manifest import parse_devices, read_manifest
 
     placement = read_manifest(flat[1]).with_placement(parse_devices("cpu:0,cpu:1", 0)).placement
     assert placement["g0"] != placement["g1"]
@@ -201,7 +201,7 @@ def test_parse_body_errors_are_one_line() -> None:
 def test_replica_failures_are_503_or_500_in_one_line() -> None:
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from splitc.serve import _failure
+    from splitc.deploy.serve import _failure
 
     assert _failure(ActorDiedError())[0] == 503
     assert _failure(RayTaskError("f", "traceback", ActorDiedError()))[0] == 503  # an input from a dead replica

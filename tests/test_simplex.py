@@ -1,4 +1,4 @@
-"""Tests for splitc.simplex: the reduced-gradient optimizer and the two assignment modules."""
+"""Tests for splitc.learn.simplex: the reduced-gradient optimizer and the two assignment modules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitc.simplex import (
+from splitc.learn.simplex import (
     assignment_with_optimizer,
     ReducedGradient,
     SimplexAssignment,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from splitc.cli import main
-from splitc.split_dir import UNSPLIT_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS
+from splitc.cli.main import main
+from splitc.compile.split_dir import UNSPLIT_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS
 
 
 def run(*args: str):

@@ -17,11 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import analyse, randomize, rel_err
-from splitc import zoo
-from splitc.counting import balanced_assignment, count, count_graph
-from splitc.errors import SplitcError
-from splitc.scope import ScopeSpec, last_stage, resolve_scope
-from splitc.split import compile_split, subgraph_costs, total_cost
+from splitc.graph import zoo
+from splitc.graph.group_tree import balanced_assignment
+from splitc.graph.counting import count, count_graph
+from splitc.core.errors import SplitcError
+from splitc.graph.scope import ScopeSpec, last_stage, resolve_scope
+from splitc.compile.split import compile_split, subgraph_costs, total_cost
 
 TOL = 1e-5
 SIZE = (3, 16, 16)
@@ -255,7 +256,7 @@ def test_traced_batchnorm_act_keeps_training_mode() -> None:
     in learn and finetune. As a leaf it updates its running statistics in train mode."""
     import timm as timm_lib
 
-    from splitc.frontend import trace
+    from splitc.graph.frontend import trace
 
     gm = trace(timm_lib.create_model("efficientnet_lite0", pretrained=False, num_classes=10))
     assert not [n for n in gm.graph.nodes if "batch_norm" in str(n.target)]

@@ -1,4 +1,4 @@
-"""splitc.triton: a Triton model repository from an artifact, validated without a server.
+"""splitc.deploy.triton: a Triton model repository from an artifact, validated without a server.
 
 Every config.pbtxt parses into tritonclient's ModelConfig, the ensemble is complete and
 chained, and its steps run with ONNX Runtime from the repository's files equal the PyTorch
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from splitc.cli import main
-from splitc.errors import SplitcError
-from splitc.manifest import MANIFEST, read_manifest
-from splitc.scope import ScopeSpec
-from splitc.split_dir import write_json
-from splitc.triton import (EnsembleRunner, model_name, parse_config, read_repository, validate_repository,
+from splitc.cli.main import main
+from splitc.core.errors import SplitcError
+from splitc.deploy.manifest import MANIFEST, read_manifest
+from splitc.graph.scope import ScopeSpec
+from splitc.compile.split_dir import write_json
+from splitc.deploy.triton import (EnsembleRunner, model_name, parse_config, read_repository, validate_repository,
                            write_repository)
 from test_export import build, shared_root, tiny  # noqa: F401  (the shared 2 -> 4 tree artifact)
 
@@ -62,9 +62,9 @@ def test_repository_validates_and_equals_pytorch(artifact: Path, tmp_path: Path)
 @pytest.mark.parametrize("case", ["wrn16_8:hier", "resnet18:layer4"])
 def test_acceptance_models_validate(case: str, tmp_path: Path) -> None:
     """Issue 14, acceptance 4: WRN-16-8 hier and resnet18 split from layer4 (3x224x224)."""
-    from splitc.export import export_split
-    from splitc.scope import PRESETS
-    from splitc.split_run import random_split
+    from splitc.deploy.export import export_split
+    from splitc.graph.scope import PRESETS
+    from splitc.compile.split_run import random_split
 
     name, _, where = case.partition(":")
     spec = PRESETS[name][where] if name == "wrn16_8" else ScopeSpec((2,), split_from=(where,))

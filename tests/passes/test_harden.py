@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from helpers import analyse
-from splitc import zoo
-from splitc.counting import balanced_assignment
-from splitc.errors import SplitcError
+from splitc.graph import zoo
+from splitc.graph.group_tree import balanced_assignment
+from splitc.core.errors import SplitcError
 from splitc.passes.harden import HardenResult, fuzzy_nodes, harden
-from splitc.scope import ScopeSpec, resolve_scope
+from splitc.graph.scope import ScopeSpec, resolve_scope
 
 
 @pytest.fixture(scope="module")

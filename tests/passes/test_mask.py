@@ -10,12 +10,13 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from archgen import architectures
 from helpers import analyse, randomize
-from splitc import zoo
-from splitc.counting import balanced_assignment, count
-from splitc.errors import SplitcError
+from splitc.graph import zoo
+from splitc.graph.group_tree import balanced_assignment
+from splitc.graph.counting import count
+from splitc.core.errors import SplitcError
 from splitc.models import TESTNETS
 from splitc.passes.mask import keep_mask, mask_inter_group
-from splitc.scope import ScopeSpec, resolve_scope
+from splitc.graph.scope import ScopeSpec, resolve_scope
 
 FLAT = ScopeSpec((2,), split_from=("layer3",))
 HIER = ScopeSpec((2, 4), split_from=("layer2", "layer3"))

@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 
 from archgen import architectures
 from helpers import analyse, input_size_for, randomize, rel_err
-from splitc import zoo
-from splitc.counting import HardAssignment, balanced_assignment, count
-from splitc.errors import SplitcError
-from splitc.scope import PRESETS, ScopeSpec, last_stage, resolve_scope
-from splitc.split import compile_split, subgraph_costs, total_cost
+from splitc.graph import zoo
+from splitc.graph.group_tree import HardAssignment, balanced_assignment
+from splitc.graph.counting import count
+from splitc.core.errors import SplitcError
+from splitc.graph.scope import PRESETS, ScopeSpec, last_stage, resolve_scope
+from splitc.compile.split import compile_split, subgraph_costs, total_cost
 
 TOL = 1e-5
 # The paper's Table 1 (METHOD.md section 4): params / FLOPs reduced, in percent.

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from helpers import analyse, randomize, rel_err
-from splitc import zoo
-from splitc.counting import balanced_assignment
+from splitc.graph import zoo
+from splitc.graph.group_tree import balanced_assignment
 from splitc.passes.permute_channels import (
     group_contiguous_ranks, output_order, permutation_from_ranks, permute_channels)
-from splitc.scope import ScopeSpec, resolve_scope
+from splitc.graph.scope import ScopeSpec, resolve_scope
 
 
 def test_group_ranks_make_groups_contiguous_and_keep_the_function() -> None:

@@ -1,0 +1,1 @@
+"""The command line: `splitc` and its subcommands."""

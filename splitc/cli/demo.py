@@ -1,0 +1,141 @@
+"""``splitc demo``: the whole pipeline on the built-in synthetic data, in one command.
+
+inspect -> learn (resnet20, G=4) -> split -> finetune -> export -> run + verify -> bench ->
+report. Every stage prints what it does and shows progress; the demo ends with one summary
+table (also written as JSON). ``--fast`` uses the small synthetic set and a handful of steps,
+so it finishes in about two minutes and the test suite can run it; its accuracies mean nothing,
+only that every stage works. The default run is sized for about 15 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from splitc.core.tables import human, table
+
+MODEL = "resnet20"
+SCOPE = {"groups": "4", "split_from": "layer3"}
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How long each training stage runs."""
+
+    data: str
+    learn: dict[str, Any]
+    finetune: dict[str, Any]
+    bench_reps: int
+
+
+# Fast: 3 regularized steps only. At learn's default assignment rate, Adam's sign-like steps
+# push every node the same way and empty groups within those 3 steps on tiny data, so the fast
+# demo keeps the assignments near their start (a smoke test of every stage, not of learning).
+FAST = DemoPlan("synthetic:fast", {"max_steps": 12, "warmup_epochs": 0.5, "warmup": "fixed", "epochs": 2,
+                                   "assign_lr_mult": 0.02},
+                {"max_steps": 6}, bench_reps=5)
+FULL = DemoPlan("synthetic", {"epochs": 10}, {"epochs": 3}, bench_reps=30)  # <= 15 min on 2 cores
+
+
+def run_demo(out: str, fast: bool, progress: bool = True) -> dict[str, Any]:
+    from splitc.deploy import runtime
+    from splitc.graph.analysis import analyse
+    from splitc.cli.deploy import evaluate
+    from splitc.deploy.export import export_split, verify_artifact
+    from splitc.compile.finetune import FinetuneConfig, finetune
+    from splitc.learn.loop import LearnConfig, learn
+    from splitc.report.run_report import write_report
+    from splitc.graph.scope import make_spec
+    from splitc.compile.split_run import run_split
+
+    plan = FAST if fast else FULL
+    folder = Path(out)
+    shutil.rmtree(folder / "run", ignore_errors=True)   # every demo is a fresh run
+    folder.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    stage = _Stages(times, total=7)
+
+    with stage("inspect", f"{MODEL}, G={SCOPE['groups']} from {SCOPE['split_from']}"):
+        analysis = analyse(MODEL, make_spec(SCOPE["groups"], SCOPE["split_from"]), 20, (3, 32, 32))
+        click.echo(f"      balanced split estimate: params -{analysis.cost.params_reduced_pct:.1f}%, "
+                   f"FLOPs -{analysis.cost.flops_reduced_pct:.1f}%")
+    with stage("learn", f"assignments + SplitNet regularizers on {plan.data}"):
+        learned = learn(LearnConfig(model=MODEL, data=plan.data, out=str(folder / "run"),
+                                    **SCOPE, **plan.learn), progress=progress)
+    with stage("split + finetune", "harden, mask, permute, partition; then train the split model"):
+        # every demo is a fresh run: its earlier outputs are replaced; --fast does not train long
+        # enough to learn, so its split is accepted as such (the summary shows the accuracy)
+        split = run_split(folder / "run", folder / "split", force=True, accept_unlearned=fast)
+        tuned = finetune(FinetuneConfig(split_dir=str(folder / "split"), data=plan.data, **plan.finetune),
+                         progress=progress)
+    with stage("export", "one ONNX file per subgraph, a fused graph and the manifest"):
+        export_split(folder / "split", folder / "onnx", devices="cpu", progress=progress, force=True)
+    with stage("run + verify", "accuracy through ONNX Runtime; ONNX against PyTorch"):
+        with runtime.load(folder / "onnx") as pipeline:
+            onnx_acc = evaluate(pipeline, plan.data, batch_size=64)["accuracy"]
+        verified = verify_artifact(folder / "onnx")
+    with stage("bench", "split pipeline against the unsplit model, batch 32, interleaved"):
+        bench = runtime.bench(folder / "onnx", batch_size=32, reps=plan.bench_reps)
+    with stage("report", "class-to-group heatmap, block structure, curves"):
+        report = write_report(folder / "onnx", folder / "report.html", progress=progress, force=True)["report"]
+
+    summary = {
+        "unsplit_val_acc": learned.val_acc, "split_val_acc": tuned.val_acc, "onnx_val_acc": onnx_acc,
+        "params_reduced_pct": split["params_reduced_pct"], "flops_reduced_pct": split["flops_reduced_pct"],
+        "superclass_ari": learned.superclass_ari, "feature_ari": learned.feature_ari,
+        "max_rel_err": max(split["max_rel_err"], verified["max_rel_err"]),
+        "latency_ratio": bench["ratio"], "flops_ratio": bench["flops_ratio"],
+        "report": str(Path(report)), "seconds": times, "fast": fast,
+    }
+    (folder / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    def num(v, fmt="{:.3f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    rows = [
+        ["accuracy: unsplit (after learn) / split (after finetune) / ONNX",
+         f"{num(summary['unsplit_val_acc'])} / {num(summary['split_val_acc'])} / {num(summary['onnx_val_acc'])}"],
+        ["params / FLOPs reduced", f"{summary['params_reduced_pct']:.1f}% / {summary['flops_reduced_pct']:.1f}%"],
+        ["superclass ARI (feature ARI)", f"{num(summary['superclass_ari'])} ({num(summary['feature_ari'])})"],
+        ["max verification error", f"{summary['max_rel_err']:.1e}"],
+        ["latency split/unsplit (FLOPs ratio)", f"{summary['latency_ratio']:.2f} ({summary['flops_ratio']:.2f})"],
+        ["time", human(sum(summary["seconds"].values()), " s")],
+        ["report", summary["report"]],
+    ]
+    note = "\n(--fast: a few steps on tiny data; the accuracies only show that every stage runs)" \
+        if summary["fast"] else ""
+    return table(["demo summary", ""], rows, align="ll") + note
+
+
+class _Stages:
+    """Numbered stage banners with their wall time."""
+
+    def __init__(self, times: dict[str, float], total: int) -> None:
+        self.times, self.total, self.index = times, total, 0
+
+    def __call__(self, name: str, what: str):
+        self.index += 1
+        return _Stage(self, name, what)
+
+
+class _Stage:
+    def __init__(self, owner: _Stages, name: str, what: str) -> None:
+        self.owner, self.name, self.what = owner, name, what
+
+    def __enter__(self) -> None:
+        click.echo(f"[{self.owner.index}/{self.owner.total}] {self.name}: {self.what}")
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.owner.times[self.name] = round(time.perf_counter() - self.start, 2)
+        if exc[0] is None:
+            click.echo(f"      done in {self.owner.times[self.name]:.1f} s")

@@ -1,0 +1,1 @@
+"""Compiling a learned split: the split pipeline, split directory, split run, finetune."""

@@ -1,0 +1,1 @@
+"""Shared plumbing every stage may use: errors, file outputs, checkpoints, documents, tables."""

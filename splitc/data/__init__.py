@@ -1,0 +1,1 @@
+"""Data sets: the embedded synthetic sets, torchvision/ImageFolder/CIFAR loaders, digits."""

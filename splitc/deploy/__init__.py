@@ -1,0 +1,1 @@
+"""Deploying a split: ONNX export, manifest, runtime, Ray Serve and Triton."""

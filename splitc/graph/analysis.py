@@ -1,0 +1,141 @@
+"""Front half of the pipeline as one call: build -> trace -> channel graph -> scope -> costs.
+
+This is what ``splitc inspect`` runs and what ``learn`` and ``split`` start from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from splitc.graph import zoo
+from splitc.graph.channel_graph import build_channel_graph
+from splitc.graph.channel_ir import ChannelIR
+from splitc.graph.group_tree import HardAssignment
+from splitc.graph.counting import CostReport, count
+from splitc.core.errors import UserCodeError
+from splitc.core.pipeline import PassRunner
+from splitc.graph.frontend import trace
+from splitc.graph.scope import Scope, ScopeSpec, layer_kind, resolve_scope
+
+BUILTIN_NUM_CLASSES = {"wrn16_8": 100}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model_name: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    model: nn.Module
+    gm: fx.GraphModule
+    ir: ChannelIR
+    scope: Scope
+    cost: CostReport
+    runner: PassRunner = field(default_factory=PassRunner, compare=False)  # seconds of its passes
+
+
+def default_num_classes(model_name: str) -> int:
+    spec = zoo.resolve(model_name)
+    return BUILTIN_NUM_CLASSES.get(model_name, spec.default_num_classes)
+
+
+def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
+            input_size: tuple[int, int, int] | None = None, model: nn.Module | None = None,
+            assignment: HardAssignment | None = None, runner: PassRunner | None = None) -> Analysis:
+    """Build (unless ``model`` is given), trace and analyse; warnings are kept on the IR.
+    The passes run through ``runner`` (a new one when None), kept on the result."""
+    runner = runner or PassRunner()
+    classes = num_classes or default_num_classes(model_name)
+    size = tuple(input_size or zoo.resolve(model_name).default_input_size)
+    model = model if model is not None else zoo.build(model_name, classes)
+    check_forward(model, model_name, size)
+    gm = runner.run("trace", trace, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir = runner.run("channel graph", build_channel_graph, gm, size)
+    scope = runner.run("scope", resolve_scope, ir, spec)
+    return Analysis(model_name, classes, size, model, gm, ir, scope, count(ir, scope, assignment), runner)
+
+
+def check_forward(model: nn.Module, name: str, size: tuple[int, ...]) -> None:
+    """Run the model once on a sample input, so that a forward that fails in the user's code is
+    reported as theirs (with the input size, the usual culprit) and not as a tracing failure."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *size))
+    except Exception as exc:  # noqa: BLE001 - the model's own code: report it, --debug shows it
+        raise UserCodeError(f"the forward of model {name} on a sample input of shape "
+                            f"{(1, *size)} (set --input-size if that is wrong)", exc) from exc
+    finally:
+        model.train(was_training)
+
+
+def barrier_summary(ir: ChannelIR) -> list[str]:
+    """One line per op target without a rule, naming it and how many nodes it covers."""
+    return [f"no channel rule for {what} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}, "
+            f"first {nodes[0]}): treated as a scope barrier; register a rule with @channel_rule "
+            "to split through it" for what, nodes in ir.barriers.items()]
+
+
+def analysis_warnings(analysis: Analysis) -> list[str]:
+    """What inspect, learn and split all say: ops that became barriers, and a scope that makes no
+    layer block-diagonal (the split would save nothing and must not pass for a success)."""
+    lines = barrier_summary(analysis.ir)
+    cost = analysis.cost
+    if cost.split.params >= cost.baseline.params and analysis.scope.level_of:
+        stop = f"; the channel analysis stopped at {', '.join(analysis.ir.barriers)}" if analysis.ir.barriers else ""
+        lines.append(f"the scope {analysis.scope.spec.describe()} makes no layer block-diagonal (0.0% of params "
+                     f"saved){stop}: register a rule with @channel_rule for the barrier op, or choose a "
+                     "--split-from / --split-depth that covers a weight layer's input and output")
+    return lines
+
+
+def space_status(analysis: Analysis, space_id: int) -> str:
+    scope, space = analysis.scope, analysis.ir.spaces[space_id]
+    if scope.in_branches(space_id):
+        return "split"
+    if scope.in_scope(space_id):
+        return "sliced"
+    if "opaque" in space.flags:
+        return "barrier"
+    return "trunk"
+
+
+def report_dict(analysis: Analysis) -> dict:
+    """The JSON document of ``splitc inspect --json``."""
+    ir, scope, cost = analysis.ir, analysis.scope, analysis.cost
+    weight_costs = {c.name: c for c in cost.layers}
+    layers = []
+    for layer in ir.layers:
+        c = weight_costs[layer.name]
+        layers.append({
+            "name": layer.name, "op": layer.op, "kind": layer_kind(ir, scope, layer),
+            "in_channels": int(len(layer.in_elems)), "out_channels": int(len(layer.out_elems)),
+            "conv_groups": layer.conv_groups,
+            "in_spaces": [int(s) for s in ir.spaces_of(layer.in_elems)],
+            "out_space": int(ir.space_of[layer.out_elems[0]]),
+            "params": c.baseline.params, "split_params": c.split.params,
+        })
+    spaces = [{
+        "id": s.id, "name": s.name, "channels": s.size, "nodes": s.num_nodes,
+        "sources": len(s.sources), "status": space_status(analysis, s.id),
+        "level": scope.level_of.get(s.id), "groups": scope.groups_of(s.id) if scope.in_scope(s.id) else None,
+        "reason": next(iter(s.flags.values()), None),
+    } for s in ir.spaces if s.role != "param"]
+    return {
+        "model": analysis.model_name, "input_size": list(analysis.input_size),
+        "num_classes": analysis.num_classes, "groups": list(scope.groups),
+        "scope": scope.spec.describe(),
+        "baseline": {"params": cost.baseline.params, "flops": cost.baseline.flops},
+        "split": {"params": cost.split.params, "flops": cost.split.flops,
+                  "params_reduced_pct": round(cost.params_reduced_pct, 4),
+                  "flops_reduced_pct": round(cost.flops_reduced_pct, 4)},
+        "layers": layers, "spaces": spaces, "class_space": ir.class_space,
+        "notes": list(scope.notes), "warnings": analysis_warnings(analysis),
+    }

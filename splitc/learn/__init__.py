@@ -1,0 +1,1 @@
+"""Learning the split: assignments, regularizers, simplex, schedule, the learn loop."""

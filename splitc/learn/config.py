@@ -1,0 +1,127 @@
+"""The options and result of ``splitc learn``, and their validation (no training code here, so
+that the optimiser and schedule modules can read the config without importing the loop)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from splitc.learn.assign import ASSIGNMENT_KINDS
+from splitc.core.errors import SplitcError
+from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, LEARN_METRICS
+
+CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JSON
+FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
+REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
+INIT_GROUPS = ("learned", "cluster")
+ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
+DEFAULT_GROUPS = "4"
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """The options of ``splitc learn``; see METHOD.md §8 for why the defaults are what they are."""
+
+    model: str = "resnet20"
+    data: str = "synthetic"
+    groups: str | None = None       # None: the preset's groups, else DEFAULT_GROUPS
+    split_from: str | None = None
+    split_depth: str | None = None
+    preset: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    assign: str = "softmax"
+    init_groups: str = "learned"    # or "cluster": class groups from the warmed-up features
+    gamma_w: float = 1.0
+    gamma_d: float = 1.0
+    gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
+    gamma_d_rise: float = 1.0       # ... over this fraction of the regularized steps, then holds
+    gamma_e: float = 10.0
+    assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn.optim
+    assign_lr_mult: float = 0.2     # Adam on logits: 0.02 per step at lr 0.1 (learn_optim)
+    warmup_epochs: float = 3.0      # features first (§8): the floor of an adaptive warm-up
+    warmup: str = "adaptive"        # or "fixed": exactly warmup_epochs (learn_schedule)
+    commit: bool = True             # fix the groups once decided, so R_W clears the cut (learn_schedule)
+    soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
+    epochs: int | None = None       # None: 10 epochs, at least MIN_TOTAL_STEPS (learn_schedule)
+    max_steps: int | None = None    # stop after this many optimizer steps in total
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    lr_warmup_epochs: float = 0.5   # linear learning-rate warm-up at the start of the run
+    device: str = "cpu"
+    seed: int = 0
+    out: str = "runs/learn"
+    resume: bool = False
+    force: bool = False             # replace an existing --out as a whole
+    overlap: float | None = None
+    flip: bool = True
+    checkpoint_every: int | None = None  # extra checkpoints every N steps (epoch ends always)
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.groups is None and self.preset is None:  # a preset brings its own groups
+            object.__setattr__(self, "groups", DEFAULT_GROUPS)
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """What a finished run reports; the files under ``run_dir`` hold the detail."""
+    run_dir: Path
+    checkpoint: Path
+    train_acc: float
+    val_acc: float
+    group_sizes: dict[str, list[int]]
+    superclass_ari: float | None
+    feature_ari: float | None       # the clustering reference of METHOD.md §8
+    steps: int
+    classifier_energy_ari: float | None = None  # the same clustering of what R_W sees of each class
+    cut_energy: float | None = None  # share of cut layers' weight energy between the argmax groups
+    masked_val_acc: float | None = None  # accuracy with inter-group weights zeroed: the split's start
+    learned: bool = True             # validation accuracy cleared chance (learn_health)
+    warnings: tuple[str, ...] = ()   # one line each, already printed during the run
+
+
+def check_config(config: LearnConfig) -> None:
+    """Option mistakes fail before minutes of data loading and tracing."""
+    if config.assign not in ASSIGNMENT_KINDS:
+        raise SplitcError(f"unknown --assign {config.assign!r}; choose {', '.join(ASSIGNMENT_KINDS)}.")
+    if config.assign_optimizer not in ASSIGN_OPTIMIZERS:
+        raise SplitcError(f"unknown --assign-optimizer {config.assign_optimizer!r}; choose "
+                          f"{', '.join(ASSIGN_OPTIMIZERS)}.")
+    if config.schedule not in ("step", "cosine"):
+        raise SplitcError(f"unknown --schedule {config.schedule!r}; choose step or cosine.")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
+    if not 0 < config.gamma_d_rise <= 1:
+        raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
+    check_numbers(config)
+    if config.warmup not in ("adaptive", "fixed"):
+        raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
+    if config.init_groups not in INIT_GROUPS:
+        raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
+    if config.init_groups == "cluster" and config.assign == "random":
+        raise SplitcError("--init-groups cluster needs learned assignments; drop it or use "
+                          "--assign softmax / reduced-gradient.")
+
+
+def check_numbers(config: LearnConfig) -> None:
+    """The CLI's option types say the same; this guards API callers."""
+    positive = {"--lr": config.lr, "--assign-lr-mult": config.assign_lr_mult}
+    non_negative = {"--gamma-w": config.gamma_w, "--gamma-d": config.gamma_d, "--gamma-e": config.gamma_e,
+                    "--gamma-d-end": config.gamma_d_end, "--weight-decay": config.weight_decay,
+                    "--warmup-epochs": config.warmup_epochs, "--soft-epochs": config.soft_epochs,
+                    "--lr-warmup-epochs": config.lr_warmup_epochs}
+    for name, value in {**positive, **non_negative}.items():
+        if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+            kind = "a finite number > 0" if name in positive else "a finite number >= 0"
+            raise SplitcError(f"{name} must be {kind}, got {value}.")
+    counts = {"--epochs": config.epochs, "--batch-size": config.batch_size, "--max-steps": config.max_steps}
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise SplitcError(f"{name} must be at least 1, got {value}.")
+    if config.overlap is not None and not 0 < config.overlap < 1:
+        raise SplitcError(f"--overlap must be in (0, 1), got {config.overlap}.")

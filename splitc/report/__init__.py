@@ -1,0 +1,1 @@
+"""Reports: the HTML/PNG report of a run and its figures."""

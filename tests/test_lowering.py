@@ -1,0 +1,124 @@
+"""The one-device lowering: grouped convolutions over the dense permuted graph, equal to the split."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from splitc.compile.dense_view import dense_split, max_error
+from splitc.compile.split_dir import load_split
+from splitc.compile.split_run import random_split
+from splitc.deploy import runtime
+from splitc.deploy.export import export_split
+from splitc.deploy.manifest import MANIFEST, read_manifest
+from splitc.graph.scope import ScopeSpec
+from splitc.passes.lower_grouped import block_count, conv_blocks, grouped_conv, lower_grouped
+
+
+def test_block_count_finds_the_largest_block_structure() -> None:
+    assert block_count(np.kron(np.eye(4, dtype=bool), np.ones((3, 2), dtype=bool))) == 4
+    two = np.kron(np.eye(2, dtype=bool), np.ones((6, 4), dtype=bool))
+    assert block_count(two) == 2
+    two[0, -1] = False                    # fewer kept weights inside the blocks: still 2
+    assert block_count(two) == 2
+    dense = np.ones((8, 8), dtype=bool)
+    assert block_count(dense) == 1
+    off = np.kron(np.eye(2, dtype=bool), np.ones((4, 4), dtype=bool))
+    off[0, 7] = True                      # one weight across the blocks: no structure
+    assert block_count(off) == 1
+
+
+@pytest.mark.parametrize("k,kernel,stride", [(2, 3, 1), (4, 3, 2), (4, 1, 1)])
+def test_grouped_conv_equals_the_block_diagonal_dense_conv(k: int, kernel: int, stride: int) -> None:
+    torch.manual_seed(k)
+    conv = nn.Conv2d(16, 32, kernel, stride, kernel // 2, bias=True)
+    keep = torch.as_tensor(np.kron(np.eye(k), np.ones((32 // k, 16 // k))), dtype=torch.float32)
+    with torch.no_grad():
+        conv.weight.mul_(keep[:, :, None, None])
+    x = torch.randn(3, 16, 9, 9)
+    lowered = grouped_conv(conv, k)
+    assert lowered.groups == k and lowered.weight.shape == (32, 16 // k, kernel, kernel)
+    with torch.no_grad():
+        want, got = conv(x), lowered(x)
+    assert ((got - want).norm() / want.norm()).item() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lower") / "split"
+    random_split("resnet20", ScopeSpec((2, 4), split_from=("layer2", "layer3")), out, seed=1)
+    return out
+
+
+def finetuned(split: Path):
+    """The split loaded with its branch weights moved, as a finetune moves them."""
+    loaded = load_split(split)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for m in loaded.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.mul_(1.3)
+    return loaded
+
+
+def test_dense_view_carries_the_finetuned_weights(split: Path) -> None:
+    torch.manual_seed(0)
+    loaded = finetuned(split)
+    dense, why = dense_split(loaded)
+    assert dense is not None, why
+    assert max_error(dense.module(), loaded.model, loaded.input_size) < 1e-5
+
+
+@pytest.mark.parametrize("which", ["all", "half", "none"])
+def test_every_lowering_equals_the_split(split: Path, which: str) -> None:
+    """Grouped where chosen, dense elsewhere: any mix is the split's function."""
+    torch.manual_seed(1)
+    loaded = finetuned(split)
+    dense, _ = dense_split(loaded)
+    a = loaded.analysis
+    candidates = conv_blocks(dense.gm, a.ir, a.scope, dense.assignment)
+    assert {c.blocks for c in candidates} >= {2, 4}    # the tree: level-0 and level-1 convs
+    names = [c.name for c in candidates]
+    chosen = {"all": set(names), "half": set(names[::2]), "none": set()}[which]
+    lowered = lower_grouped(dense.gm, candidates, chosen)
+    grouped = {n for n, m in lowered.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
+    assert grouped == chosen
+    assert max_error(dense.module(lowered), loaded.model, loaded.input_size) < 1e-5
+
+
+def test_export_writes_a_checked_lowered_graph_and_the_runtime_uses_the_choice(split: Path, tmp_path: Path) -> None:
+    art = tmp_path / "onnx"
+    manifest, times = export_split(split, art, "cpu")
+    low = manifest.lowering
+    assert manifest.lowered is not None and low["lowered"]
+    assert low["max_rel_err"] <= 1e-4
+    assert set(low["layers"]) and all(c["choice"] in ("dense", "grouped") for c in low["layers"].values())
+    assert manifest.one_device == ("lowered" if low["lowered_ms"] < low["fused_ms"] else "fused")
+    assert "lower" in times and "choose graph" in times
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    loaded = load_split(split)
+    with torch.no_grad():
+        want = loaded.model(torch.from_numpy(x)).numpy()
+    doc = json.loads((art / MANIFEST).read_text())
+    for graph in ("lowered", "fused"):     # whichever was chosen, both run and agree with PyTorch
+        doc["one_device"] = graph
+        (art / MANIFEST).write_text(json.dumps(doc))
+        assert read_manifest(art).one_device == graph
+        with runtime.load(art, "cpu") as pipe:
+            got = pipe(x)
+            assert pipe.describe() == f"one {graph} session on cpu"
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+
+
+def test_no_lower_keeps_the_branch_graph(split: Path, tmp_path: Path) -> None:
+    manifest, _ = export_split(split, tmp_path / "onnx", "cpu", lower=False)
+    assert manifest.lowered is None and manifest.one_device == "fused"
+    assert manifest.lowering == {"lowered": False, "reason": "export --no-lower"}
+    assert dataclasses.replace(manifest).one_device_graph == manifest.fused
