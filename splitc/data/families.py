@@ -18,29 +18,29 @@ grouping can win (issue 13).  This module is the opposite design:
   family   what is drawn                           fine trait (the class)
   ======== ======================================= =====================================
   polygon  filled regular polygon                  corner count 3, 4, 5, 6, 8
-  ellipse  filled ellipse                          aspect ratio 1.5, 1.9, 2.4, 3.0, 3.8
-  cluster  equal blobs on a circle                 blob count 2, 3, 4, 5, 6
-  arcs     ring stroke broken by equal gaps        gap count (line ends / 2) 1 .. 5
-  pinwheel disk cut into alternating sectors       blade count 2, 3, 4, 5, 6
-  grating  square-wave grating in a disk patch     period 2.8, 3.6, 4.7, 6.1, 8.0 px
-  lattice  square dot lattice in a disk patch      dot size (period 3.2 .. 8.8 px)
+  ellipse  filled ellipse                          aspect ratio 1.6, 1.85, 2.15, 2.5, 2.9
+  cluster  jittered equal blobs about a circle     blob count 3, 4, 5, 6, 7
+  arcs     wobbly ring stroke broken by gaps       gap count (line ends / 2) 2 .. 6
+  pinwheel disk of alternating, twisted sectors    blade count 4 .. 8
+  grating  square-wave grating in a disk patch     period 3.0, 3.45, 4.0, 4.6, 5.3 px
+  lattice  square dot lattice in a disk patch      dot size (period 3.4 .. 6.0 px)
   grain    random binary blocks in a disk patch    grain size 1.3, 1.8, 2.5, 3.5, 4.9 px
   ======== ======================================= =====================================
 
 * **No other trait names the class.**  Inside a family the amount of ink is equalised: polygons
   and ellipses have the area of a disk of the image's radius ``R`` (analytic factors), the blobs
-  of a cluster share one total area, the gaps of an arc ring sum to 40% of the circle whatever
+  of a cluster share one total area (each blob's size, angle and radius jittered), the gaps of an arc ring sum to 40% of the circle whatever
   their count, a pinwheel inks half its disk, and the three textures ink a fixed fraction of an
   equal patch (stripes 1/2, dots pi*0.36^2 of each cell whatever the cell size, grain 1/2).
   Colour, contrast and illumination are drawn independently of the class.  What remains is
-  the trait itself and what it implies (an ellipse of aspect 3.8 is longer than one of 1.5; a
-  6-blob cluster has smaller blobs than a 2-blob one) - that *is* the fine trait.
+  the trait itself and what it implies (an ellipse of aspect 2.9 is longer than one of 1.6; a
+  7-blob cluster has smaller blobs than a 3-blob one) - that *is* the fine trait.
   ``tests/test_families.py`` checks that a logistic regression on cheap global statistics
   (ink fraction, per-channel mean and std, luminance mean/std/quantiles) stays near chance
   inside every family.
 * **Nuisances shared by every class**, as in :mod:`splitc.data.synthetic`: position (centre
   within +-4 px), scale (``R`` uniform in 8-10.5 px; texture periods are not scaled with it,
-  they are the trait, but jitter by +-4% per image), rotation (any angle), texture phase,
+  they are the trait, but jitter by +-5% per image), rotation (any angle), texture phase,
   foreground and background colours drawn independently and uniformly in RGB (resampled until
   their luminance differs by >= 0.3), a random per-channel illumination gradient and Gaussian
   pixel noise.
@@ -72,12 +72,12 @@ SUPERCLASS_NAMES = FAMILIES
 # The fine trait of each family, one value per class, in class order.
 TRAITS: dict[str, tuple[float, ...]] = {
     "polygon": (3, 4, 5, 6, 8),                 # corners
-    "ellipse": (1.5, 1.9, 2.4, 3.0, 3.8),       # aspect ratio
-    "cluster": (2, 3, 4, 5, 6),                 # blobs
-    "arcs": (1, 2, 3, 4, 5),                    # gaps
-    "pinwheel": (2, 3, 4, 5, 6),                # blades
-    "grating": (2.8, 3.6, 4.7, 6.1, 8.0),       # period, px
-    "lattice": (3.2, 4.2, 5.4, 6.9, 8.8),       # lattice period, px (dot radius 0.36x)
+    "ellipse": (1.6, 1.85, 2.15, 2.5, 2.9),     # aspect ratio
+    "cluster": (3, 4, 5, 6, 7),                 # blobs
+    "arcs": (2, 3, 4, 5, 6),                    # gaps
+    "pinwheel": (4, 5, 6, 7, 8),                # blades
+    "grating": (3.0, 3.45, 4.0, 4.6, 5.3),      # period, px
+    "lattice": (3.4, 3.9, 4.5, 5.2, 6.0),       # lattice period, px (dot radius 0.36x)
     "grain": (1.3, 1.8, 2.5, 3.5, 4.9),         # block size, px
 }
 _UNIT = {"polygon": "corners", "ellipse": "aspect", "cluster": "blobs", "arcs": "gaps",
@@ -122,8 +122,8 @@ def _radius(rng: np.random.Generator, n: int) -> Array:
 
 
 def _jitter(rng: np.random.Generator, n: int, value: float) -> Array:
-    """A texture's trait value with a +-4% per-image jitter."""
-    return value * _u(rng, n, 0.96, 1.04)
+    """A texture's trait value with a +-5% per-image jitter."""
+    return value * _u(rng, n, 0.95, 1.05)
 
 
 # --- solid shapes ---------------------------------------------------------------------------
@@ -150,12 +150,14 @@ def _cluster(rng: np.random.Generator, n: int, m: float) -> Array:
     u, v = _local(rng, n)
     R = _radius(rng, n)
     m = int(m)
-    r_blob, rho = 0.65 * R / np.sqrt(m), 0.65 * R   # total blob area pi (0.65 R)^2
+    r_blob, rho = 0.6 * R / np.sqrt(m), 0.65 * R   # total blob area ~pi (0.6 R)^2
     d = np.full(u.shape, np.inf, np.float32)
-    for j in range(m):
-        phi = 2 * np.pi * j / m
-        d = np.minimum(d, np.hypot(u - rho * np.cos(phi), v - rho * np.sin(phi)))
-    return _soft(d - r_blob)
+    for j in range(m):  # each blob jittered in angle, radius and size: no exact ring to count
+        phi = 2 * np.pi * (j + _u(rng, n, -0.15, 0.15)) / m
+        rj = rho * _u(rng, n, 0.8, 1.2)
+        size = r_blob * _u(rng, n, 0.85, 1.15)
+        d = np.minimum(d, np.hypot(u - rj * np.cos(phi), v - rj * np.sin(phi)) - size)
+    return _soft(d)
 
 
 def _arcs(rng: np.random.Generator, n: int, m: float) -> Array:
@@ -164,6 +166,9 @@ def _arcs(rng: np.random.Generator, n: int, m: float) -> Array:
     r, theta = np.hypot(u, v), np.arctan2(v, u)
     period = 2 * np.pi / m
     half_arc = 0.5 * period * (1 - _GAP_FRACTION)
+    # the ring is slightly elliptic and wobbly, so the gaps are not at exact angles
+    theta = theta + _u(rng, n, -0.12, 0.12) * np.sin(2 * theta + _u(rng, n, 0, 2 * np.pi))
+    r = r * (1 + _u(rng, n, -0.12, 0.12) * np.cos(2 * theta))
     centred = theta % period - 0.5 * period
     ring = np.abs(r - 0.75 * R) - 0.15 * R
     gap = (np.abs(centred) - half_arc) * r
@@ -174,6 +179,7 @@ def _pinwheel(rng: np.random.Generator, n: int, k: float) -> Array:
     u, v = _local(rng, n)
     R = 0.9 * _radius(rng, n)
     r, theta = np.hypot(u, v), np.arctan2(v, u)
+    theta = theta + _u(rng, n, -0.12, 0.12) * r   # a random twist: curved blades, either way
     sectors = -r * np.sin(k * theta) / k     # ~ signed px distance to the nearest sector edge
     return _soft(np.maximum(r - R, sectors))
 
