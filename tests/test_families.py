@@ -69,7 +69,7 @@ def _within_family_score(features: np.ndarray, labels: np.ndarray, n: int) -> li
 def test_ink_fraction_does_not_tell_the_class_within_a_family() -> None:
     # Chance is 1/5 = 0.2; with 5 x 100 samples per family the 5-fold score has a standard
     # error of ~0.02, so 0.30 is ~5 SE above chance, while a statistic that tracked the trait
-    # (e.g. unequalised area: ink grows with the trait) scores 0.6-1.0.  Measured: 0.19-0.22.
+    # (e.g. unequalised area: ink grows with the trait) scores 0.6-1.0.  Measured: 0.19-0.23.
     n = 100
     m, labels = families.masks(n, 0)
     ink = m.reshape(len(m), -1).mean(1, keepdims=True)
@@ -79,8 +79,8 @@ def test_ink_fraction_does_not_tell_the_class_within_a_family() -> None:
 
 def test_cheap_image_statistics_do_not_tell_the_class_within_a_family() -> None:
     # Global per-image statistics a network would get for free: per-channel mean and std,
-    # luminance mean, std and 10/50/90% quantiles.  Chance 0.2; measured 0.18-0.26 (grain's
-    # ink varies more per image at coarse grain, the one weak cue left); the bound 0.35 is
+    # luminance mean, std and 10/50/90% quantiles.  Chance 0.2; measured 0.18-0.23 (v1 design:
+    # up to 0.26 for grain, whose ink varies more per image at coarse grain); the bound 0.35 is
     # well below what a class-naming statistic gives (>= 0.6).
     n = 100
     x, y = families.generate.__wrapped__(n, 0, 2)
