@@ -64,3 +64,22 @@ def test_stage_folders_are_the_pipeline() -> None:
     assert folders == stages, sorted(folders ^ stages)
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
     assert not loose, loose
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_module_or_function_outgrows_the_house_rule() -> None:
+    """STYLE: split a module before it passes about 400 lines, a function before 60."""
+    big, long = [], []
+    for name, path in _modules():
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            big.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert not big and not long, big + long

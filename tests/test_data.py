@@ -16,7 +16,8 @@ from torchvision import transforms as T
 
 from datagen import dump_py2
 from splitc.data import synthetic
-from splitc.data.loaders import DataBundle, DataError, ImageTensorDataset, describe_specs, load_data
+from splitc.data.bundle import ImageTensorDataset
+from splitc.data.loaders import DataBundle, DataError, describe_specs, load_data
 
 
 def _labels(ds: torch.utils.data.Dataset) -> list[int]:

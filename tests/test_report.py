@@ -166,3 +166,13 @@ def test_bad_input_is_one_line(dirs, tmp_path: Path, case: str) -> None:
 def test_write_report_raises_splitc_error(tmp_path: Path) -> None:
     with pytest.raises(SplitcError, match="not a directory"):
         write_report(tmp_path / "missing", tmp_path / "r.html", progress=False)
+
+
+def test_superclasses_follow_the_embedded_set_the_run_learned_on() -> None:
+    from splitc.data import families, synthetic
+    from splitc.report.inputs import Inputs, superclasses
+
+    for spec, data in (("synthetic:families-fast", families), ("synthetic:fast", synthetic)):
+        src = Inputs("run", Path("."), ckpt={"identity": {"data": spec}})
+        of, names = superclasses(src, list(data.CLASS_NAMES))
+        assert names == list(data.SUPERCLASS_NAMES) and of == list(data.SUPERCLASS_OF), spec

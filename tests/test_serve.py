@@ -35,8 +35,9 @@ ray = pytest.importorskip("ray")
 # was killed before it ran (twice in CI), while the same file passed alone in 109 s.
 pytestmark = pytest.mark.ray
 serve = pytest.importorskip("ray.serve")
-from splitc.deploy.serve import (app_builder, build_app, parse_body, plan_deployments, serve_config,  # noqa: E402
-                          wait_running)
+from splitc.deploy.serve import (app_builder, build_app, plan_deployments, serve_config,  # noqa: E402
+                                 wait_running)
+from splitc.deploy.serve_replica import parse_body  # noqa: E402
 
 TIMEOUT = 60          # seconds for any one request
 DEPLOY_TIMEOUT = 180  # seconds for an application to start on a busy 2-core machine
@@ -201,7 +202,7 @@ def test_parse_body_errors_are_one_line() -> None:
 def test_replica_failures_are_503_or_500_in_one_line() -> None:
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from splitc.deploy.serve import _failure
+    from splitc.deploy.serve_replica import _failure
 
     assert _failure(ActorDiedError())[0] == 503
     assert _failure(RayTaskError("f", "traceback", ActorDiedError()))[0] == 503  # an input from a dead replica

@@ -69,7 +69,7 @@ def test_acceptance_models_validate(case: str, tmp_path: Path) -> None:
     name, _, where = case.partition(":")
     spec = PRESETS[name][where] if name == "wrn16_8" else ScopeSpec((2,), split_from=(where,))
     random_split(name, spec, tmp_path / "split")
-    export_split(tmp_path / "split", tmp_path / "onnx", "cpu")
+    export_split(tmp_path / "split", tmp_path / "onnx", "cpu", lower=False)
     write_repository(tmp_path / "onnx", tmp_path / "repo")
     result = validate_repository(tmp_path / "repo", tmp_path / "onnx")
     assert result["ok"] and result["max_rel_err"] <= 1e-4, result

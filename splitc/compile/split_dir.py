@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from splitc.core.errors import SplitcError
 from splitc.graph.scope import ScopeSpec
 from splitc.compile.split import compile_split
 from splitc.graph.split_model import SplitModel
+from splitc.core.outputs import atomic_write
 from splitc.core.files import FINETUNED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS, UNSPLIT_WEIGHTS
 
 SCHEMA_VERSION = 1
@@ -82,22 +82,13 @@ def save_split(out: str | os.PathLike, meta: dict[str, Any], model: SplitModel, 
 
 def write_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1), encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=1), encoding="utf-8"))
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_meta(split_dir: str | os.PathLike) -> dict[str, Any]:

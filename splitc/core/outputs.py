@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,3 +87,42 @@ def fresh(out: str | os.PathLike, force: bool, option: str = "--out", resume: bo
     if held_file(path) is not None:
         remove(_set_aside(path))
     return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], durable: bool = False) -> Path:
+    """Write a file so that a kill at any moment leaves the old file or the new one, never half
+    of one: ``write(tmp)`` fills a temporary file beside ``path``, which then replaces it with
+    one rename. ``durable`` also fsyncs the file and the folder (checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        _fsync(path.parent, os.O_RDONLY)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _fsync(target: str | os.PathLike, flags: int) -> None:
+    """fsync a file or a folder; some platforms cannot open a folder, which is fine."""
+    try:
+        fd = os.open(target, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

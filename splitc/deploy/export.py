@@ -50,13 +50,10 @@ FUSED_FILE = "fused.onnx"
 
 def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: str | Sequence[str] = "auto",
                  progress: bool = False, force: bool = False, lower: bool = True) -> tuple[Manifest, dict[str, float]]:
-    """Export ``split_dir`` into ``out``; returns the manifest and the seconds of each pass
-    (``core/pipeline.py``: load split -> lower -> export subgraphs -> export unsplit -> fuse ->
-    choose graph -> manifest) and ``total``. ``lower`` False skips the grouped lowering (the
-    one-device graph is then the fused one).
-
-    Everything runs in this process. A spawned export worker overlapping the split's rebuild
-    was tried: on a busy 2-core machine it took 50-55 s against 20-36 s in-process (resnet50)."""
+    """Export ``split_dir`` into ``out``; returns the manifest and the seconds of each pass of
+    ``core/pipeline.py`` and ``total``. ``lower`` False skips the grouped lowering (the one-device
+    graph is then the fused one). All in this process: a spawned export worker was slower on 2
+    cores (50-55 s against 20-36 s, resnet50)."""
     runner = PassRunner()
     start = time.perf_counter()
     target = parse_devices(devices, torch.cuda.device_count())
@@ -80,21 +77,13 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
             lowered, lowering = (lower_for_one_device(loaded, folder, target[0], size) if lower
                                  else (None, {"lowered": False, "reason": "export --no-lower"}))
         steps.update()
-        # Only the split model is exported from here on: dropping the unsplit and masked copies
-        # halves the peak memory, which decides whether a 600M-parameter model fits in 24 GiB.
+        # dropping the unsplit and masked copies halves the peak memory (a 600M-param model in 24 GiB)
         del loaded
         gc.collect()
-        entries = []
         with runner.step("export subgraphs"):
-            examples = subgraph_inputs(split_model, torch.randn(EXAMPLE_BATCH, *size))
-            for s in plan.subgraphs:
-                steps.set_postfix_str(s.name)
-                graph = export_graph(split_model.subgraph(s.name), examples[s.name], folder, f"{s.name}.onnx",
-                                     costs[s.name], s.num_outputs, sources=s.inputs)
-                entries.append(SubgraphEntry(s.name, s.role, s.level, s.group, s.parent, graph, target[0]))
-                steps.update()
+            entries = _export_subgraphs(split_model, size, costs, folder, target[0], steps)
         steps.set_postfix_str("unsplit")
-        del split_model, examples
+        del split_model
         gc.collect()
         with runner.step("export unsplit"):
             unsplit = export_graph(unsplit_module(split_dir), (torch.randn(EXAMPLE_BATCH, *size),), folder,
@@ -105,28 +94,39 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
         fused = runner.run("fuse", fuse, folder, entries, FUSED_FILE)
         steps.update()
         steps.close()
-        one_device = "fused"
         if lowered is not None:
-            with runner.step("choose graph"):
-                lowering.update(choose_graph(folder, FUSED_FILE, LOWERED_FILE, size, target[0]))
-                one_device = lowering["one_device"]
+            lowering.update(runner.run("choose graph", choose_graph, folder, FUSED_FILE, LOWERED_FILE, size, target[0]))
         with runner.step("manifest"):
-            where = place(tuple(entries), target)
-            weights = Path(split_dir) / weights_file
             manifest = Manifest(
                 schema=SCHEMA_VERSION, splitc_version=__version__,
-                model=ModelIdentity(meta["model"], meta["num_classes"], tuple(size), scope_text,
-                                    tuple(plan.groups)),
+                model=ModelIdentity(meta["model"], meta["num_classes"], tuple(size), scope_text, tuple(plan.groups)),
                 source={"split_dir": str(Path(split_dir).resolve()), "weights": weights_file,
-                        "weights_sha256": sha256_of(weights)},
+                        "weights_sha256": sha256_of(Path(split_dir) / weights_file)},
                 opset=OPSET, example_batch=EXAMPLE_BATCH, class_names=tuple(class_names),
-                class_groups=tuple(plan.class_groups), devices=target,
-                subgraphs=tuple(replace(e, device=where[e.name]) for e in entries),
-                fused=fused, unsplit=unsplit,
-                unsplit_is="original" if meta.get("overlap") else "masked",
-                lowered=lowered, lowering=lowering, one_device=one_device)
+                class_groups=tuple(plan.class_groups), devices=target, subgraphs=placed(entries, target),
+                fused=fused, unsplit=unsplit, unsplit_is="original" if meta.get("overlap") else "masked",
+                lowered=lowered, lowering=lowering, one_device=lowering.get("one_device", "fused"))
             write_json(folder / MANIFEST, manifest.to_dict())
     return manifest, {**runner.report(), "total": round(time.perf_counter() - start, 3)}
+
+
+def _export_subgraphs(split_model, size: tuple[int, ...], costs: dict[str, Any], folder: Path, device: str,
+                      steps) -> list[SubgraphEntry]:
+    """One ONNX file per subgraph, traced on the example inputs each one sees."""
+    examples = subgraph_inputs(split_model, torch.randn(EXAMPLE_BATCH, *size))
+    entries = []
+    for s in split_model.plan.subgraphs:
+        steps.set_postfix_str(s.name)
+        graph = export_graph(split_model.subgraph(s.name), examples[s.name], folder, f"{s.name}.onnx",
+                             costs[s.name], s.num_outputs, sources=s.inputs)
+        entries.append(SubgraphEntry(s.name, s.role, s.level, s.group, s.parent, graph, device))
+        steps.update()
+    return entries
+
+
+def placed(entries: list[SubgraphEntry], target: tuple[str, ...]) -> tuple[SubgraphEntry, ...]:
+    where = place(tuple(entries), target)
+    return tuple(replace(e, device=where[e.name]) for e in entries)
 
 
 def lower_for_one_device(loaded: LoadedSplit, folder: Path, device: str, size: tuple[int, ...]
@@ -213,9 +213,9 @@ def export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], folder
                                         opset_version=OPSET, optimize=True, verify=False, report=False,
                                         verbose=False, external_data=not embed)
             program.save(str(path), external_data=not embed)
-    except Exception as exc:  # the exporter raises many kinds; name the graph and keep it short
-        raise SplitcError(f"ONNX export of {name} failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]}); please report it with the model name.") from exc
+    except Exception as exc:  # noqa: BLE001 - the exporter's own bug: re-raised as is, with the graph named
+        exc.add_note(f"while exporting {name} to ONNX; please report it with the model name")
+        raise
     graph = program.model.graph
     files = [file_entry(folder, name)] + ([file_entry(folder, f"{name}.data")]
                                           if Path(f"{path}.data").is_file() else [])
@@ -296,12 +296,14 @@ def verify_artifact(art_dir: str | os.PathLike, split_dir: str | os.PathLike | N
         raise SplitcError(f"{weights} changed since {folder} was exported; run `splitc export` again.")
     loaded = load_split(source, weights=manifest.source["weights"])
     checks = []
-    placements: list[str | None] = [devices]
+    runs: list[tuple[str | None, str | None]] = [(devices, None)]
     if not devices and len(set(manifest.placement.values())) == 1:
-        placements.append("cpu,cpu")  # the fused graph ran above; check the per-subgraph files too
+        runs.append(("cpu,cpu", None))  # the one-device graph ran above; check the per-subgraph files too
+        if manifest.lowered is not None:  # and the one-device graph that was not chosen
+            runs.append((None, "fused" if manifest.one_device == "lowered" else "lowered"))
     with torch.no_grad():
-        for where in placements:
-            with runtime.load(folder, devices=where) as pipe:
+        for where, graph in runs:
+            with runtime.load(folder, devices=where, one_device=graph) as pipe:
                 checks.append({"checked": f"ONNX pipeline ({pipe.describe()}) vs PyTorch split model",
                                "max_rel_err": _worst(pipe, loaded.model, manifest, batches)})
         with runtime.load_unsplit(folder, devices) as pipe:

@@ -129,9 +129,10 @@ class Pipeline:
     """``pipeline(x)`` -> logits (numpy, original class order) for a float32 batch ``x``."""
 
     def __init__(self, manifest: Manifest, stages: list[list[_Runner]], sources: dict[str, list[tuple[str, int]]],
-                 output: tuple[str, int]) -> None:
+                 output: tuple[str, int], graph: str = "fused") -> None:
         self.manifest = manifest
         self.stages, self.sources, self.output = stages, sources, output
+        self.graph = graph   # the one-device graph a single session runs: fused | lowered | unsplit
         width = max(len(s) for s in stages)
         self._pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="splitc") if width > 1 else None
 
@@ -153,7 +154,7 @@ class Pipeline:
 
     def describe(self) -> str:
         count = sum(len(s) for s in self.stages)
-        how = f"one {self.manifest.one_device} session" if count == 1 else f"{count} sessions"
+        how = f"one {self.graph} session" if count == 1 else f"{count} sessions"
         return f"{how} on {', '.join(self.devices)}"
 
     def check_input(self, x: Any) -> Value:
@@ -212,19 +213,25 @@ def _placed(folder: Path, devices: str | Sequence[str] | None) -> Manifest:
 
 
 def load(art_dir: str | os.PathLike, devices: str | Sequence[str] | None = None,
-         threads: int | None = None) -> Pipeline:
+         threads: int | None = None, one_device: str | None = None) -> Pipeline:
     """The pipeline of ``art_dir``, placed as its manifest says or on ``devices``
-    (``auto``, ``cpu``, ``cpu,cpu``, ``cuda:0,cuda:1``). ``threads``: CPU cores to use."""
+    (``auto``, ``cpu``, ``cpu,cpu``, ``cuda:0,cuda:1``). ``threads``: CPU cores to use.
+    On one device it runs the manifest's ``one_device`` graph, or ``one_device`` (``fused`` or
+    ``lowered``) when given."""
     folder = Path(art_dir)
     manifest = _placed(folder, devices)
     cores = threads or cpu_cores()
     where = manifest.placement
     if len(set(where.values())) == 1:
         device = next(iter(where.values()))
-        graph = manifest.one_device_graph
-        check_files(folder, graph, f"the {manifest.one_device} graph")
+        name = one_device or manifest.one_device
+        if name not in ("fused", "lowered") or (name == "lowered" and manifest.lowered is None):
+            raise SplitcError(f"{folder} has no {name} graph; its one-device graphs: fused"
+                              + (", lowered" if manifest.lowered is not None else "") + ".")
+        graph = manifest.lowered if name == "lowered" else manifest.fused
+        check_files(folder, graph, f"the {name} graph")
         runner = _Runner("fused", graph, device, new_session(folder / graph.model_file, device, cores))
-        return Pipeline(manifest, [[runner]], {"fused": [(INPUT, 0)]}, ("fused", 0))
+        return Pipeline(manifest, [[runner]], {"fused": [(INPUT, 0)]}, ("fused", 0), name)
     stages, sources = [], {}
     for stage in manifest.stages():
         on_cpu = sum(1 for s in stage if not s.device.startswith("cuda"))
@@ -247,7 +254,7 @@ def load_unsplit(art_dir: str | os.PathLike, devices: str | Sequence[str] | None
     check_files(folder, manifest.unsplit, "the unsplit model")
     runner = _Runner("unsplit", manifest.unsplit, device,
                      new_session(folder / manifest.unsplit.model_file, device, threads or cpu_cores()))
-    return Pipeline(manifest, [[runner]], {"unsplit": [(INPUT, 0)]}, ("unsplit", 0))
+    return Pipeline(manifest, [[runner]], {"unsplit": [(INPUT, 0)]}, ("unsplit", 0), "unsplit")
 
 
 def bench(art_dir: str | os.PathLike, batch_size: int = 32, devices: str | None = None, warmup: int = 5,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from splitc.graph.channel_ir import ChannelIR, WeightLayer
+from splitc.graph.conv_layout import ConvLayout
 from splitc.graph.group_tree import HardAssignment, balanced_assignment
 from splitc.learn.regularizers import balance_reg, combine_layer_terms, disjoint_reg, group_weight_reg, weight_energy_matrix
 from splitc.graph.scope import Scope, layer_kind
@@ -156,13 +157,7 @@ def layer_level(ir: ChannelIR, scope: Scope, layer: WeightLayer) -> int:
 def dense_conv_weight(W: Tensor, conv_groups: int) -> Tensor:
     """Expand a grouped conv weight ``(out, in/k, *kernel)`` to the dense ``(out, in, *kernel)``
     with zeros off the conv's own blocks, so input columns can be selected by channel index."""
-    if conv_groups == 1:
-        return W
-    out, in_per = W.shape[:2]
-    blocks = W.reshape(conv_groups, out // conv_groups, in_per, -1)  # (k, o, i, taps)
-    eye = torch.eye(conv_groups, dtype=W.dtype, device=W.device)
-    dense = torch.einsum("koit,kl->kolit", blocks, eye)
-    return dense.reshape(out, conv_groups * in_per, *W.shape[2:])
+    return ConvLayout(W.shape[0], W.shape[1] * conv_groups, conv_groups).to_dense(W)
 
 
 def _cut_operands(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,

@@ -26,7 +26,6 @@ continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from splitc.learn.groups import (
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import disjoint_weight, make_optimizers, set_lr
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
-from splitc.core.outputs import fresh
+from splitc.core.outputs import atomic_write_text, fresh
 from splitc.passes.harden import fuzzy_nodes
 from splitc.passes.mask import mask_inter_group
 from splitc.graph.scope import make_spec
@@ -345,9 +344,7 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
            LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
            "committed": run.committed, "grad_share": run.grad_share}
-    tmp = run.run_dir / f".{ASSIGNMENT}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, run.run_dir / ASSIGNMENT)
+    atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
                        run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings))

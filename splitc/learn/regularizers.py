@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from splitc.graph.conv_layout import ConvLayout
+
 # Added inside every square root of R_W, so that its gradient stays finite where a row or column
 # of inter-group weights is exactly zero (the very point R_W drives towards).
 DEFAULT_EPS = 1e-12
@@ -39,11 +41,7 @@ def weight_energy_matrix(W: Tensor, conv_groups: int = 1) -> Tensor:
     out, in_per = energy.shape
     if conv_groups < 1 or out % conv_groups:
         raise ValueError(f"out channels {out} not divisible by conv_groups={conv_groups}")
-    out_per = out // conv_groups
-    blocks = energy.reshape(conv_groups, out_per, in_per).transpose(1, 2)  # (k, in_per, out_per)
-    eye = torch.eye(conv_groups, dtype=energy.dtype, device=energy.device)
-    dense = torch.einsum("kab,kl->kalb", blocks, eye)  # zero unless the conv groups match
-    return dense.reshape(conv_groups * in_per, conv_groups * out_per)
+    return ConvLayout(out, in_per * conv_groups, conv_groups).to_dense(energy).t()
 
 
 def group_weight_reg(

@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from splitc.graph.channel_ir import ChannelIR
+from splitc.graph.conv_layout import ConvLayout
 from splitc.graph.group_tree import HardAssignment, Placement
 from splitc.graph.scope import Scope
 from splitc.passes.mask import keep_mask
@@ -45,11 +46,10 @@ class ConvBlocks:
 
 def block_count(keep: np.ndarray) -> int:
     """The largest k such that every kept entry of the (out, in) mask lies in the k equal
-    diagonal blocks of ``kron(eye(k), ones)``; 1 when there is no such structure."""
+    diagonal blocks of a ``ConvLayout``; 1 when there is no such structure."""
     out, inp = keep.shape
     for k in sorted((d for d in range(2, min(out, inp) + 1) if out % d == 0 and inp % d == 0), reverse=True):
-        blocks = np.kron(np.eye(k, dtype=bool), np.ones((out // k, inp // k), dtype=bool))
-        if not (keep & ~blocks).any():
+        if not (keep & ~ConvLayout(out, inp, k).block_mask()).any():
             return k
     return 1
 
@@ -75,10 +75,8 @@ def grouped_conv(conv: nn.Conv2d, k: int) -> nn.Conv2d:
     lowered = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                         conv.dilation, groups=k, bias=conv.bias is not None, padding_mode=conv.padding_mode,
                         device=conv.weight.device, dtype=conv.weight.dtype)
-    ob, ib = conv.out_channels // k, conv.in_channels // k
     with torch.no_grad():
-        for b in range(k):
-            lowered.weight[b * ob:(b + 1) * ob] = conv.weight[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib]
+        lowered.weight.copy_(ConvLayout(conv.out_channels, conv.in_channels, k).from_dense(conv.weight))
         if conv.bias is not None:
             lowered.bias.copy_(conv.bias)
     return lowered.train(conv.training)

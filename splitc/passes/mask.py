@@ -29,6 +29,7 @@ import torch
 import torch.fx as fx
 
 from splitc.graph.channel_ir import ChannelIR, WeightLayer
+from splitc.graph.conv_layout import ConvLayout
 from splitc.graph.group_tree import HardAssignment, Placement, ancestor
 from splitc.graph.scope import Scope
 
@@ -43,7 +44,7 @@ def keep_mask(ir: ChannelIR, scope: Scope, assignment: HardAssignment, layer: We
     element placement across layers.
     """
     place = placement if placement is not None else Placement(ir, scope, assignment)
-    keep = _conv_block_mask(len(layer.out_elems), len(layer.in_elems), layer.conv_groups)
+    keep = ConvLayout(len(layer.out_elems), len(layer.in_elems), layer.conv_groups).block_mask()
     out_level = place.runs_at(layer.out_elems)
     if out_level >= 0:
         keep &= _on_path(place, layer.out_elems, layer.in_elems, out_level)
@@ -59,7 +60,7 @@ def mask_inter_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope,
     for layer in ir.layers:
         if place.runs_at(layer.out_elems) < 0:
             continue
-        mask = _weight_layout(keep_mask(ir, scope, assignment, layer, place), layer.conv_groups)
+        mask = _weight_layout(keep_mask(ir, scope, assignment, layer, place), layer)
         # A module called twice keeps a weight only if every call keeps it.
         masks[layer.name] = masks[layer.name] & mask if layer.name in masks else mask
     with torch.no_grad():
@@ -89,19 +90,14 @@ def mask_for_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: 
         node = ancestor(scope.groups, level, group, layer_level)
         keep = (held(place, layer.out_elems, layer_level, node)[:, None]
                 & held(place, layer.in_elems, layer_level, node)[None, :]
-                & _conv_block_mask(len(layer.out_elems), len(layer.in_elems), layer.conv_groups))
-        mask = _weight_layout(torch.from_numpy(keep), layer.conv_groups)
+                & ConvLayout(len(layer.out_elems), len(layer.in_elems), layer.conv_groups).block_mask())
+        mask = _weight_layout(torch.from_numpy(keep), layer)
         masks[layer.name] = masks[layer.name] & mask if layer.name in masks else mask
     with torch.no_grad():
         for name, mask in masks.items():
             weight = new.get_parameter(f"{name}.weight")
             weight.mul_(mask.reshape(mask.shape + (1,) * (weight.dim() - mask.dim())).to(weight.dtype))
     return new
-
-
-def _conv_block_mask(n_out: int, n_in: int, k: int) -> np.ndarray:
-    """True on the conv-group blocks of a (grouped) conv in the dense (out, in) layout."""
-    return np.kron(np.eye(k, dtype=bool), np.ones((n_out // k, n_in // k), dtype=bool))
 
 
 def _on_path(place: Placement, out_elems: np.ndarray, in_elems: np.ndarray, out_level: int) -> np.ndarray:
@@ -122,11 +118,7 @@ def _on_path(place: Placement, out_elems: np.ndarray, in_elems: np.ndarray, out_
     return shared[None, :] | (out_folded == in_folded[None, :])
 
 
-def _weight_layout(dense: torch.Tensor, k: int) -> torch.Tensor:
+def _weight_layout(dense: torch.Tensor, layer: WeightLayer) -> torch.Tensor:
     """From the dense (out, in) layout to the weight's (out, in/k) layout (block b's outputs
     read block b's inputs only)."""
-    if k == 1:
-        return dense
-    n_out, n_in = dense.shape
-    ob, ib = n_out // k, n_in // k
-    return torch.cat([dense[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib] for b in range(k)], dim=0)
+    return ConvLayout(len(layer.out_elems), len(layer.in_elems), layer.conv_groups).from_dense(dense, check=False)

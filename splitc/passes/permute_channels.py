@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 
 from splitc.graph.channel_ir import ChannelIR
+from splitc.graph.conv_layout import ConvLayout
 
 
 @dataclass(frozen=True)
@@ -155,28 +156,16 @@ def _permute_tensor(t: torch.Tensor, by_dim: dict, perm: ChannelPermutation) -> 
 def _permute_grouped(w: torch.Tensor, by_dim: dict, perm: ChannelPermutation) -> torch.Tensor:
     """Grouped conv weight: permute in the dense (out, in) layout, then compress back."""
     k = by_dim[1].conv_groups
-    out_ch, in_per = w.shape[0], w.shape[1]
-    dense = torch.zeros(out_ch, in_per * k, *w.shape[2:], dtype=w.dtype)
-    ob = out_ch // k
-    for b in range(k):
-        dense[b * ob:(b + 1) * ob, b * in_per:(b + 1) * in_per] = w[b * ob:(b + 1) * ob]
+    layout = ConvLayout(w.shape[0], w.shape[1] * k, k)
+    dense = layout.to_dense(w)
     dense = dense.index_select(1, torch.as_tensor(source_index(by_dim[1].labels, perm.sigma)))
     if 0 in by_dim:
         dense = dense.index_select(0, torch.as_tensor(source_index(by_dim[0].labels, perm.sigma)))
-    return compress_grouped(dense, k)
+    try:
+        return layout.from_dense(dense).clone()
+    except ValueError:
+        raise ValueError("grouped conv permutation moved weights across conv groups") from None
 
-
-def compress_grouped(dense: torch.Tensor, k: int) -> torch.Tensor:
-    """Back from the dense block-diagonal layout; off-block weights must be exactly zero."""
-    out_ch, in_ch = dense.shape[:2]
-    ob, ib = out_ch // k, in_ch // k
-    blocks = [dense[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib].clone() for b in range(k)]
-    rest = dense.clone()
-    for b in range(k):
-        rest[b * ob:(b + 1) * ob, b * ib:(b + 1) * ib] = 0
-    if bool(rest.any()):
-        raise ValueError("grouped conv permutation moved weights across conv groups")
-    return torch.cat(blocks, dim=0)
 
 
 def output_order(ir: ChannelIR, perm: ChannelPermutation) -> np.ndarray:
