@@ -95,11 +95,11 @@ def test_every_lowering_equals_the_split(split: Path, which: str) -> None:
 
 def test_export_writes_a_checked_lowered_graph_and_the_runtime_uses_the_choice(split: Path, tmp_path: Path) -> None:
     art = tmp_path / "onnx"
-    manifest, times = export_split(split, art, "cpu")
+    manifest, times = export_split(split, art, "cpu", lower="always")   # every candidate grouped, no timing
     low = manifest.lowering
     assert manifest.lowered is not None and low["lowered"]
     assert low["max_rel_err"] <= 1e-4
-    assert set(low["layers"]) and all(c["choice"] in ("dense", "grouped") for c in low["layers"].values())
+    assert set(low["layers"]) and all(c["choice"] == "grouped" for c in low["layers"].values())
     assert manifest.one_device == ("lowered" if low["lowered_ms"] < low["fused_ms"] else "fused")
     assert "lower" in times and "choose graph" in times
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
@@ -122,3 +122,50 @@ def test_no_lower_keeps_the_branch_graph(split: Path, tmp_path: Path) -> None:
     assert manifest.lowered is None and manifest.one_device == "fused"
     assert manifest.lowering == {"lowered": False, "reason": "export --no-lower"}
     assert dataclasses.replace(manifest).one_device_graph == manifest.fused
+
+
+@pytest.fixture(scope="module")
+def unequal(tmp_path_factory) -> Path:
+    """A 4-way split whose groups differ in size in every space (as learned splits do)."""
+    from splitc.compile.split_run import write_split
+    from splitc.graph.analysis import analyse
+    from splitc.graph.group_tree import HardAssignment
+
+    torch.manual_seed(3)
+    a = analyse("resnet20", ScopeSpec((4,), split_from=("layer3",)))
+    rng = np.random.default_rng(3)
+    groups = {}
+    for space in a.scope.level_of:
+        n = len(a.ir.spaces[space].nodes)
+        g = np.concatenate([np.arange(4), rng.integers(0, 4, n - 4)])   # every group non-empty
+        groups[space] = rng.permutation(g)
+    out = tmp_path_factory.mktemp("unequal") / "split"
+    write_split(a, HardAssignment(groups), out)
+    return out
+
+
+def test_padded_groups_equal_the_split_and_group_every_block_diagonal_conv(unequal: Path) -> None:
+    from splitc.passes.pad_groups import pad_groups
+
+    torch.manual_seed(4)
+    loaded = finetuned(unequal)
+    dense, why = dense_split(loaded)
+    assert dense is not None, why
+    a = loaded.analysis
+    sizes = dense.assignment.group_sizes(a.ir, a.scope)
+    assert any(len(set(v)) > 1 for s, v in sizes.items() if s != a.ir.class_space)
+    padded, candidates, why = pad_groups(dense.gm, a.ir, a.scope, dense.assignment)
+    assert padded is not None, why
+    assert max_error(dense.module(padded), loaded.model, loaded.input_size) < 1e-5
+    assert len(candidates) == 5 and {c.blocks for c in candidates} == {4}   # layer3's convs after its first
+    widths = {c.out_channels for c in candidates}
+    assert all(w % 4 == 0 and w >= 64 for w in widths)
+    lowered = lower_grouped(padded, candidates, {c.name for c in candidates})
+    assert max_error(dense.module(lowered), loaded.model, loaded.input_size) < 1e-5
+
+
+def test_export_lowers_a_split_with_unequal_groups(unequal: Path, tmp_path: Path) -> None:
+    manifest, _ = export_split(unequal, tmp_path / "onnx", "cpu", lower="always")
+    low = manifest.lowering
+    assert low.get("padded") is True and len(low["layers"]) == 5, low
+    assert manifest.lowered is not None and low["max_rel_err"] <= 1e-4

@@ -49,10 +49,11 @@ FUSED_FILE = "fused.onnx"
 
 
 def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: str | Sequence[str] = "auto",
-                 progress: bool = False, force: bool = False, lower: bool = True) -> tuple[Manifest, dict[str, float]]:
+                 progress: bool = False, force: bool = False, lower: bool | str = True
+                 ) -> tuple[Manifest, dict[str, float]]:
     """Export ``split_dir`` into ``out``; returns the manifest and the seconds of each pass of
     ``core/pipeline.py`` and ``total``. ``lower`` False skips the grouped lowering (the one-device
-    graph is then the fused one). All in this process: a spawned export worker was slower on 2
+    graph is then the fused one); ``"always"`` groups every candidate conv without timing them. All in this process: a spawned export worker was slower on 2
     cores (50-55 s against 20-36 s, resnet50)."""
     runner = PassRunner()
     start = time.perf_counter()
@@ -62,7 +63,6 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
     claim(folder, force)  # before the minutes of rebuilding and exporting
     steps = tqdm(total=len(meta["plan"]["subgraphs"]) + 4, desc="export", unit="step", disable=not progress,
                  leave=False)
-    steps.set_postfix_str("rebuilding the split")
     loaded = runner.run("load split", load_split, split_dir)
     steps.update()
     with replacing(folder, force):  # an old export is set aside, deleted once this one is written
@@ -74,7 +74,7 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
         scope_text = loaded.analysis.scope.spec.describe()
         steps.set_postfix_str("lowering for one device")
         with runner.step("lower"):
-            lowered, lowering = (lower_for_one_device(loaded, folder, target[0], size) if lower
+            lowered, lowering = (lower_for_one_device(loaded, folder, target[0], size, lower == "always") if lower
                                  else (None, {"lowered": False, "reason": "export --no-lower"}))
         steps.update()
         # dropping the unsplit and masked copies halves the peak memory (a 600M-param model in 24 GiB)
@@ -129,11 +129,11 @@ def placed(entries: list[SubgraphEntry], target: tuple[str, ...]) -> tuple[Subgr
     return tuple(replace(e, device=where[e.name]) for e in entries)
 
 
-def lower_for_one_device(loaded: LoadedSplit, folder: Path, device: str, size: tuple[int, ...]
-                         ) -> tuple[GraphEntry | None, dict[str, Any]]:
+def lower_for_one_device(loaded: LoadedSplit, folder: Path, device: str, size: tuple[int, ...],
+                         always: bool = False) -> tuple[GraphEntry | None, dict[str, Any]]:
     """``lowered.onnx`` (grouped convolutions where measured faster, ``deploy/lowering.py``),
     checked against the PyTorch split model; None and the reason when there is none."""
-    module, record = lowered_module(loaded, device)
+    module, record = lowered_module(loaded, device, always=always)
     if module is None:
         return None, record
     example = torch.randn(EXAMPLE_BATCH, *size)

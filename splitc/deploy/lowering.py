@@ -30,15 +30,17 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from splitc.compile.dense_view import dense_split
+from splitc.compile.dense_view import dense_split, max_error
 from splitc.compile.split_dir import LoadedSplit
 from splitc.deploy.runtime import cpu_cores, providers_for, session_options
 from splitc.passes.lower_grouped import ConvBlocks, conv_blocks, grouped_conv, lower_grouped
+from splitc.passes.pad_groups import pad_groups
 
 LOWERED_FILE = "lowered.onnx"
 TIME_BATCH = 32       # the batch the choices are measured at (bench's default)
 LAYER_BUDGET_S = 0.6  # seconds of timing per layer candidate pair, at most
 GRAPH_BUDGET_S = 4.0  # seconds of timing for fused vs lowered, at most
+PAD_TOLERANCE = 1e-5  # the padded dense graph against the split model
 
 
 def median_ms(runs: dict[str, Callable[[], Any]], budget_s: float, warmup: int = 2, min_reps: int = 5,
@@ -109,24 +111,38 @@ def choose_layers(gm: nn.Module, candidates: list[ConvBlocks], x: torch.Tensor, 
     return choices
 
 
-def lowered_module(loaded: LoadedSplit, device: str, batch: int = TIME_BATCH) -> tuple[nn.Module | None, dict]:
+def lowered_module(loaded: LoadedSplit, device: str, batch: int = TIME_BATCH, always: bool = False
+                   ) -> tuple[nn.Module | None, dict]:
     """The lowered one-device module of ``loaded`` and the record of how it was chosen; None
-    (with the reason in the record) when the split has no dense view or nothing to lower."""
+    (with the reason in the record) when the split has no dense view or nothing to lower.
+    ``always`` groups every candidate without timing (tests; a device measured elsewhere)."""
     dense, why = dense_split(loaded)
     if dense is None:
         return None, {"lowered": False, "reason": why}
     a = loaded.analysis
-    candidates = conv_blocks(dense.gm, a.ir, a.scope, dense.assignment)
+    sizes = dense.assignment.group_sizes(a.ir, a.scope)
+    padded = any(len(set(v)) > 1 for s, v in sizes.items() if s != a.ir.class_space)
+    gm = dense.gm
+    if padded:   # unequal groups: zero channels make them equal (passes/pad_groups.py)
+        gm, candidates, why = pad_groups(dense.gm, a.ir, a.scope, dense.assignment)
+        if gm is None:
+            return None, {"lowered": False, "reason": f"unequal groups, and {why}"}
+        err = max_error(dense.module(gm), loaded.model, loaded.input_size)
+        if not err <= PAD_TOLERANCE:
+            return None, {"lowered": False, "reason": f"the padded graph differs from the split ({err:.2e})"}
+    else:
+        candidates = conv_blocks(gm, a.ir, a.scope, dense.assignment)
     if not candidates:
         return None, {"lowered": False, "reason": "no convolution of the split is block-diagonal"}
     x = torch.randn(batch, *loaded.input_size)
-    layers = choose_layers(dense.gm, candidates, x, device)
+    layers = ({c.name: {"blocks": c.blocks, "choice": "grouped"} for c in candidates} if always
+              else choose_layers(gm, candidates, x, device))
     chosen = {name for name, c in layers.items() if c["choice"] == "grouped"}
-    record = {"lowered": bool(chosen), "time_batch": batch, "layers": layers}
+    record = {"lowered": bool(chosen), "padded": padded, "time_batch": batch, "layers": layers}
     if not chosen:
         record["reason"] = "the dense conv was faster than the grouped one for every layer"
         return None, record
-    return dense.module(lower_grouped(dense.gm, candidates, chosen)), record
+    return dense.module(lower_grouped(gm, candidates, chosen)), record
 
 
 def choose_graph(folder: Path, fused_file: str, lowered_file: str, input_size: tuple[int, ...], device: str,
