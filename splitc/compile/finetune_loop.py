@@ -1,15 +1,6 @@
-"""The single-process finetune loop: train a split model after the split (METHOD.md §6).
-
-The split removed the inter-group weights that learning had only shrunk, so a short
-finetune recovers the accuracy they carried. Same conventions as ``learn``: SGD with momentum
-and a cosine or step schedule, a tqdm bar, JSON-lines metrics, an atomic checkpoint after every
-epoch, ``--resume`` after a kill, and a deterministic data order per (seed, epoch). The paper
-finetunes with weight decay 5e-4, so that is the default here.
-
-The result goes back into the split directory: ``finetuned.safetensors`` becomes its current
-weights (split.json records it), and ``split.safetensors`` keeps the weights as split, which
-``splitc verify`` checks against the masked model.
-"""
+"""The single-process finetune loop (``splitc finetune`` on one device; the conventions are in
+``compile/finetune.py``): prepare the run, train with the shared learn conventions, checkpoint,
+and write ``finetuned.safetensors`` back into the split directory."""
 
 from __future__ import annotations
 

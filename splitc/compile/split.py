@@ -95,11 +95,12 @@ def overlap_reference(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignmen
     return OverlapReference(leaves, holds / holds.sum(dim=0, keepdim=True)).eval()
 
 
-def subgraph_inputs(model: SplitModel, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
-    """The tensors each subgraph reads when the model runs on ``x`` (for counting, export)."""
+def module_inputs(model: torch.nn.Module, modules: dict[str, torch.nn.Module], x: torch.Tensor
+                  ) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The arguments each of ``modules`` (by name) is called with when ``model`` runs on ``x``."""
     seen: dict[str, tuple[torch.Tensor, ...]] = {}
-    handles = [model.subgraph(s.name).register_forward_pre_hook(
-        lambda _m, args, name=s.name: seen.__setitem__(name, tuple(args))) for s in model.plan.subgraphs]
+    handles = [m.register_forward_pre_hook(lambda _m, args, name=name: seen.__setitem__(name, tuple(args)))
+               for name, m in modules.items()]
     try:
         with torch.no_grad():
             model(x)
@@ -107,6 +108,11 @@ def subgraph_inputs(model: SplitModel, x: torch.Tensor) -> dict[str, tuple[torch
         for handle in handles:
             handle.remove()
     return seen
+
+
+def subgraph_inputs(model: SplitModel, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The tensors each subgraph reads when the model runs on ``x`` (for counting, export)."""
+    return module_inputs(model, {s.name: model.subgraph(s.name) for s in model.plan.subgraphs}, x)
 
 
 def subgraph_costs(model: SplitModel, input_size: tuple[int, ...]) -> dict[str, Cost]:

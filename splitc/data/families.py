@@ -73,6 +73,8 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+
+from splitc.data import synthetic
 import torch
 
 NUM_SUPERCLASSES = 8
@@ -242,32 +244,7 @@ def _renderer(family: str, trait: float) -> Renderer:
 _RENDERERS: tuple[Renderer, ...] = tuple(_renderer(fam, t) for fam in FAMILIES for t in TRAITS[fam])
 
 
-# --- colour and noise (the same nuisances as splitc.data.synthetic) ---------------------------
-
-def _colours(rng: np.random.Generator, n: int) -> tuple[Array, Array]:
-    """Independent uniform RGB fore/background pairs with luminance contrast >= 0.3."""
-    lum = np.array([0.299, 0.587, 0.114], np.float32)
-    fg = rng.uniform(0, 1, (n, 3)).astype(np.float32)
-    bg = rng.uniform(0, 1, (n, 3)).astype(np.float32)
-    bad = np.abs((fg - bg) @ lum) < 0.3
-    while bad.any():  # rejection sampling; ~half accepted per round
-        fg[bad] = rng.uniform(0, 1, (int(bad.sum()), 3))
-        bg[bad] = rng.uniform(0, 1, (int(bad.sum()), 3))
-        bad = np.abs((fg - bg) @ lum) < 0.3
-    return fg[:, :, None, None], bg[:, :, None, None]
-
-
-def _paint(rng: np.random.Generator, mask: Array) -> Array:
-    """Colourise a (n, S, S) mask and add illumination gradient and pixel noise -> uint8."""
-    n = mask.shape[0]
-    fg, bg = _colours(rng, n)
-    img = bg + (fg - bg) * mask[:, None]
-    slope = rng.uniform(-0.15, 0.15, (n, 3, 2, 1, 1)).astype(np.float32)
-    centred = (np.stack([_XX, _YY]) - IMAGE_SIZE / 2) / (IMAGE_SIZE / 2)  # (2, 1, S, S)
-    img += slope[:, :, 0] * centred[0] + slope[:, :, 1] * centred[1]
-    img += rng.standard_normal(img.shape).astype(np.float32) * _u(rng, n, 0.02, 0.08)[:, None]
-    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-
+# --- colour and noise: the same nuisances as splitc.data.synthetic, by the same function ----
 
 def masks(n_per_class: int, seed: int, stream: int = 0) -> tuple[Array, Array]:
     """The uncoloured ink masks ``(N, 32, 32)`` in [0, 1] and labels, grouped by class.
@@ -289,6 +266,6 @@ def generate(n_per_class: int, seed: int, stream: int = 0) -> tuple[torch.Tensor
     ``N = NUM_CLASSES * n_per_class``, grouped by class.  Cached: treat as read-only.
     """
     rng = np.random.default_rng([seed, stream])
-    images = [_paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
+    images = [synthetic.paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
     labels = np.repeat(np.arange(NUM_CLASSES), n_per_class)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels)

@@ -181,7 +181,7 @@ def _colours(rng: np.random.Generator, n: int) -> tuple[Array, Array]:
     return fg[:, :, None, None], bg[:, :, None, None]
 
 
-def _paint(rng: np.random.Generator, mask: Array) -> Array:
+def paint(rng: np.random.Generator, mask: Array) -> Array:
     """Colourise a (n, S, S) mask and add illumination gradient and pixel noise -> uint8."""
     n = mask.shape[0]
     fg, bg = _colours(rng, n)
@@ -202,6 +202,6 @@ def generate(n_per_class: int, seed: int, stream: int = 0) -> tuple[torch.Tensor
     ``N = NUM_CLASSES * n_per_class``, grouped by class.  Cached: treat as read-only.
     """
     rng = np.random.default_rng([seed, stream])
-    images = [_paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
+    images = [paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
     labels = np.repeat(np.arange(NUM_CLASSES), n_per_class)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from splitc.compile.dense_view import dense_split, max_error
+from splitc.compile.split import module_inputs
 from splitc.compile.split_dir import LoadedSplit
 from splitc.deploy.runtime import cpu_cores, providers_for, session_options
 from splitc.passes.lower_grouped import ConvBlocks, conv_blocks, grouped_conv, lower_grouped
@@ -79,25 +80,10 @@ def conv_session(conv: nn.Conv2d, weight: torch.Tensor, groups: int, device: str
     return ort.InferenceSession(model.SerializeToString(), session_options(cpu_cores()), providers=providers_for(device))
 
 
-def layer_inputs(gm: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each named module sees when ``gm`` runs on ``x``."""
-    seen: dict[str, torch.Tensor] = {}
-    modules = dict(gm.named_modules())
-    hooks = [modules[n].register_forward_pre_hook(lambda _m, args, n=n: seen.__setitem__(n, args[0]))
-             for n in names]
-    try:
-        with torch.no_grad():
-            gm(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
-
-
 def choose_layers(gm: nn.Module, candidates: list[ConvBlocks], x: torch.Tensor, device: str) -> dict[str, dict]:
     """Dense vs grouped for every candidate conv, timed at its real input shape."""
     modules = dict(gm.named_modules())
-    inputs = layer_inputs(gm, [c.name for c in candidates], x)
+    inputs = {n: args[0] for n, args in module_inputs(gm, {c.name: modules[c.name] for c in candidates}, x).items()}
     choices = {}
     for c in candidates:
         conv = modules[c.name]
