@@ -86,7 +86,7 @@ def test_onnx_pipeline_equals_split_model(case: str, tmp_path: Path) -> None:
     spec = PRESETS[name][preset] if preset else ScopeSpec((2,), split_from=(LAST_STAGE[name],))
     seed = int.from_bytes(os.urandom(2), "little")
     random_split(name, spec, tmp_path / "split", input_size=None if preset else SMALL, seed=seed)
-    export_split(tmp_path / "split", tmp_path / "onnx", "cpu")
+    export_split(tmp_path / "split", tmp_path / "onnx", "cpu", lower="always")  # the lowered graph too, every case
     result = verify_artifact(tmp_path / "onnx")
     assert result["batch_size"] == VERIFY_BATCH != EXAMPLE_BATCH
     lowered = read_manifest(tmp_path / "onnx").lowered is not None
