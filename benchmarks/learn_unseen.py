@@ -35,7 +35,7 @@ from splitc.data.loaders import load_data  # noqa: E402
 from splitc.compile.finetune import FinetuneConfig, finetune  # noqa: E402
 from splitc.learn.loop import LearnConfig, learn  # noqa: E402
 from splitc.graph.scope import make_spec  # noqa: E402
-from splitc.compile.split_dir import load_split  # noqa: E402
+from splitc.compile.split_dir import load_split, read_meta  # noqa: E402
 from splitc.compile.split_run import run_split  # noqa: E402
 from splitc.core.tables import table  # noqa: E402
 
@@ -71,7 +71,10 @@ def one_row(data: str, groups: int, args: argparse.Namespace, out: Path) -> dict
 def split_and_plain(data: str, groups: int, args: argparse.Namespace, out: Path, learn_steps: int) -> dict:
     start = time.perf_counter()
     run_split(out / "run", out / "split", force=True)
-    bundle = load_data(data, seed=args.seed)
+    # the run's own input size: without it an imagefolder loads at 224x224 and the plain model
+    # trained for hours (the first run of this row had to be stopped)
+    size = tuple(read_meta(out / "split")["input_size"])
+    bundle = load_data(data, size, seed=args.seed)
     tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=data, epochs=args.finetune_epochs,
                                     seed=args.seed), progress=False)
     spe = max(1, len(bundle.train) // 64)
