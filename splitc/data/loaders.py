@@ -79,12 +79,7 @@ def _load_synthetic(spec: str, variant: str, size: Size, seed: int, flip: bool) 
     if variant not in synthetic.SIZES:
         raise DataError(f"unknown synthetic size {variant!r}; use one of "
                         + ", ".join(f"synthetic:{k}" for k in synthetic.SIZES))
-    n_train, n_val = synthetic.SIZES[variant]
-    train = synthetic.generate(n_train, seed, 0)
-    val = synthetic.generate(n_val, seed, 1)
-    tr, va, probe = tensor_splits(train, val, size, channel_stats(train[0]), flip)
-    return DataBundle(tr, va, synthetic.CLASS_NAMES, synthetic.SUPERCLASS_OF,
-                      synthetic.SUPERCLASS_NAMES, size, spec, probe)
+    return _embedded(synthetic, variant, spec, size, seed, flip)
 
 
 def _load_families(spec: str, arg: str, size: Size, seed: int, flip: bool) -> DataBundle:
@@ -95,12 +90,17 @@ def _load_families(spec: str, arg: str, size: Size, seed: int, flip: bool) -> Da
     if head != "families" or variant not in families.SIZES:
         raise DataError(f"unknown families size {arg!r}; use one of synthetic:families, "
                         + ", ".join(f"synthetic:families-{k}" for k in families.SIZES if k != "default"))
-    n_train, n_val = families.SIZES[variant]
-    train = families.generate(n_train, seed, 0)
-    val = families.generate(n_val, seed, 1)
+    return _embedded(families, variant, spec, size, seed, flip)
+
+
+def _embedded(data, variant: str, spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
+    """A bundle of an embedded generator module (``synthetic`` or ``families``): train is
+    stream 0, validation stream 1, so they never share images."""
+    n_train, n_val = data.SIZES[variant]
+    train = data.generate(n_train, seed, 0)
+    val = data.generate(n_val, seed, 1)
     tr, va, probe = tensor_splits(train, val, size, channel_stats(train[0]), flip)
-    return DataBundle(tr, va, families.CLASS_NAMES, families.SUPERCLASS_OF,
-                      families.SUPERCLASS_NAMES, size, spec, probe)
+    return DataBundle(tr, va, data.CLASS_NAMES, data.SUPERCLASS_OF, data.SUPERCLASS_NAMES, size, spec, probe)
 
 
 def _load_digits(spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
