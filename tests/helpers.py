@@ -31,6 +31,12 @@ def input_size_for(name: str) -> tuple[int, int, int]:
     return SMALL_INPUT.get(name, (3, 64, 64))
 
 
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    """torch.randn returns an exact 0.0 about once in 10 million draws (Box-Muller at u = 1);
+    tests that count a masked model's nonzero weights must not see one by chance."""
+    return torch.where(x == 0, torch.full_like(x, 0.5), x)
+
+
 def randomize(model: nn.Module, seed: int | None = None) -> nn.Module:
     """Give every parameter and BN statistic a random non-trivial value, so zero-initialised
     heads or gammas cannot hide a wrong permutation. The scales keep deep nets well
@@ -40,7 +46,7 @@ def randomize(model: nn.Module, seed: int | None = None) -> nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() > 1:  # fan-in scaled, so activations stay O(1) through deep nets
-                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+                p.copy_(_nonzero(torch.randn(p.shape, generator=gen)) / p[0].numel() ** 0.5)
             elif name.endswith("weight"):  # norm gammas: near 1, all different
                 p.copy_(0.75 + 0.5 * torch.rand(p.shape, generator=gen))
             else:
