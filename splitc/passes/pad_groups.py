@@ -37,6 +37,10 @@ from splitc.passes.lower_grouped import ConvBlocks
 CHANNEL_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
+class Unpaddable(ValueError):
+    """A channel axis padding cannot follow (the reason is the message)."""
+
+
 class Padding:
     """Per padded space: the padded index of each channel position, and the padded width."""
 
@@ -50,8 +54,15 @@ class Padding:
         """For a channel axis (its element per index): (padded index per index, padded width,
         groups), or None when the axis is not in a padded space. Groups must be contiguous."""
         spaces = np.unique(self.ir.space_of[labels])
-        if len(spaces) != 1 or int(spaces[0]) not in self.spaces:
+        if not any(int(s) in self.spaces for s in spaces):
             return None
+        if len(spaces) != 1:
+            names = ", ".join(self.ir.spaces[int(s)].name for s in spaces)
+            raise Unpaddable(f"one axis concatenates the spaces {names}; padding cannot follow a concatenation")
+        space = self.ir.spaces[int(spaces[0])]
+        if len(labels) != space.num_nodes or len(np.unique(labels)) != space.num_nodes:
+            raise Unpaddable(f"space {space.name} is read or written in parts ({len(labels)} of its "
+                             f"{space.num_nodes} channels: a concatenation or a slice); padding cannot follow it")
         G = self.groups[int(spaces[0])]
         group = self.place.group[labels]
         if (np.diff(group) < 0).any():
@@ -69,14 +80,10 @@ def pad_groups(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: Hard
     uses: dict[str, dict] = defaultdict(dict)
     for use in ir.param_uses:
         uses[use.param].setdefault(use.dim, use)
-    axes: dict[str, dict[int, tuple[np.ndarray, int, int]]] = {}
-    for name, by_dim in uses.items():
-        for dim, use in by_dim.items():
-            found = pad.axis(use.labels.ravel()) if dim is not None else None
-            if dim is None and pad.axis(use.labels.ravel()) is not None:
-                return None, [], f"{name} is used as a tensor over a split space; padding cannot follow it"
-            if found is not None:
-                axes.setdefault(name, {})[dim] = found
+    try:
+        axes = _padded_axes(pad, uses)
+    except Unpaddable as exc:
+        return None, [], str(exc)
     new = copy.deepcopy(gm)
     modules = dict(new.named_modules())
     owners = {name.rpartition(".")[0] for name in axes}
@@ -94,6 +101,19 @@ def pad_groups(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: Hard
             k = min(dims[0][2], dims[1][2])
             candidates.append(ConvBlocks(owner, k, module.in_channels, module.out_channels))
     return new, candidates, ""
+
+
+def _padded_axes(pad: Padding, uses: dict[str, dict]) -> dict[str, dict[int, tuple[np.ndarray, int, int]]]:
+    """Per parameter, per padded dim: ``Padding.axis``; raises Unpaddable where it cannot follow."""
+    axes: dict[str, dict[int, tuple[np.ndarray, int, int]]] = {}
+    for name, by_dim in uses.items():
+        for dim, use in by_dim.items():
+            found = pad.axis(use.labels.ravel())
+            if dim is None and found is not None:
+                raise Unpaddable(f"{name} is used as a tensor over a split space; padding cannot follow it")
+            if found is not None and dim is not None:
+                axes.setdefault(name, {})[dim] = found
+    return axes
 
 
 def _padded(module: nn.Module, owner: str, axes: dict) -> nn.Module:
