@@ -50,16 +50,43 @@ def test_near_chance_rule() -> None:
     assert learned_threshold(2, 10_000) == pytest.approx(0.625)
 
 
-def test_commit_fixes_argmax_in_place() -> None:
+def test_commit_fixes_its_groups_in_place() -> None:
     gen = torch.Generator().manual_seed(0)
-    for module in (SoftmaxAssignment(3, 10, generator=gen), SimplexAssignment(3, 10, generator=gen)):
-        before = module().argmax(0)
-        keys = set(module.state_dict())
-        schedule.commit_space(module, module())
-        after = module()
-        assert torch.equal(after.argmax(0), before)
-        assert torch.allclose(after.max(0).values, torch.ones(10), atol=1e-6)
-        assert set(module.state_dict()) == keys  # checkpoints keep their layout
+    for balanced in (False, True):
+        for module in (SoftmaxAssignment(3, 10, generator=gen), SimplexAssignment(3, 10, generator=gen)):
+            probs = module().detach()
+            want = (torch.as_tensor(schedule.balanced_winners(probs.double().numpy())) if balanced
+                    else probs.argmax(0))
+            keys = set(module.state_dict())
+            schedule.commit_space(module, module(), balanced)
+            after = module()
+            assert torch.equal(after.argmax(0), want)
+            assert torch.allclose(after.max(0).values, torch.ones(10), atol=1e-6)
+            assert set(module.state_dict()) == keys  # checkpoints keep their layout
+            if balanced:
+                assert sorted(torch.bincount(want, minlength=3).tolist()) == [3, 3, 4]
+
+
+def test_balanced_winners_is_the_best_equal_split() -> None:
+    """Against brute force over every equal-size assignment of small random matrices; an
+    assignment that is already balanced is its own answer."""
+    import itertools
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for G, n in [(2, 4), (2, 5), (3, 6), (3, 7), (4, 8)]:
+        for _ in range(5):
+            m = rng.dirichlet(np.ones(G) * 0.5, size=n).T
+            got = schedule.balanced_winners(m)
+            sizes = np.bincount(got, minlength=G)
+            assert sizes.max() - sizes.min() <= 1
+            score = lambda g: np.log(m[g, np.arange(n)]).sum()  # noqa: E731
+            best = max(score(np.array(g)) for g in itertools.product(range(G), repeat=n)
+                       if sorted(np.bincount(g, minlength=G)) == sorted(sizes))
+            assert score(got) == pytest.approx(best)
+    crisp = np.eye(4)[:, np.arange(12) % 4] * 0.9 + 0.025
+    assert np.array_equal(schedule.balanced_winners(crisp), crisp.argmax(0))
 
 
 def test_commit_due() -> None:

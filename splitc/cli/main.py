@@ -137,6 +137,9 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--no-commit", "commit", flag_value=False, default=None,
               help="Keep training the assignments to the end (the paper); by default the groups are "
                    "fixed once decided, so that R_W clears exactly the weights the split cuts.")
+@click.option("--commit-groups", type=click.Choice(["balanced", "argmax"]), default=None,  # learn.config.COMMIT_GROUPS
+              help="Groups the commit fixes: balanced (default; equal groups nearest to the learned "
+                   "probabilities, equal branches) or argmax (each node's most likely group, the paper's harden).")
 @click.option("--soft-epochs", type=NON_NEGATIVE, default=None,
               help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
 @click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up.")

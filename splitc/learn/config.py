@@ -17,6 +17,7 @@ CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JS
 FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
 REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
 INIT_GROUPS = ("learned", "cluster")
+COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
 DEFAULT_GROUPS = "4"
 
@@ -44,6 +45,7 @@ class LearnConfig:
     warmup_epochs: float = 3.0      # features first (§8): the floor of an adaptive warm-up
     warmup: str = "adaptive"        # or "fixed": exactly warmup_epochs (learn_schedule)
     commit: bool = True             # fix the groups once decided, so R_W clears the cut (learn_schedule)
+    commit_groups: str = "balanced"  # or "argmax": which groups the commit fixes (learn_schedule)
     soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
     epochs: int | None = None       # None: 10 epochs, at least MIN_TOTAL_STEPS (learn_schedule)
     max_steps: int | None = None    # stop after this many optimizer steps in total
@@ -103,6 +105,8 @@ def check_config(config: LearnConfig) -> None:
         raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
     if config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
+    if config.commit_groups not in COMMIT_GROUPS:
+        raise SplitcError(f"unknown --commit-groups {config.commit_groups!r}; choose {', '.join(COMMIT_GROUPS)}.")
     if config.init_groups == "cluster" and config.assign == "random":
         raise SplitcError("--init-groups cluster needs learned assignments; drop it or use "
                           "--assign softmax / reduced-gradient.")

@@ -242,7 +242,7 @@ def _maybe_commit(run: LearnRun) -> None:
     if not schedule.commit_due(run.step, run.warmup_steps, run.total_steps, crisp):
         return
     for space, matrix in matrices.items():
-        schedule.commit_space(run.aset.by_space[str(space)], matrix)
+        schedule.commit_space(run.aset.by_space[str(space)], matrix, run.config.commit_groups == "balanced")
         if space not in run.frozen:
             freeze_space(run, space)
     run.committed = True

@@ -13,7 +13,12 @@ A run has three phases:
 2. **Grouping** (all three regularizers, assignments trained, γ_D rising). It ends when every
    space is crisp (mean largest group probability >= ``CRISP``) or after ``COMMIT_SHARE`` of
    the regularized steps.
-3. **Clearing** (groups committed). Each space is fixed to its argmax groups and frozen; R_W
+3. **Clearing** (groups committed). Each space is fixed to its groups and frozen: by default the
+   balanced assignment nearest to the learned probabilities (equal groups, ``balanced_winners``;
+   ``--commit-groups argmax`` keeps the argmax). Equal groups make the branches equal in cost
+   (one device each, none waiting on a larger sibling) and let one device run a block-diagonal
+   layer as one grouped convolution without padding; the demo's argmax groups were 28/9/13/14
+   channels, and padded to 4 x 28 its grouped graph was slower than the FLOPs promised. R_W
    then clears exactly the weights the split will cut, as SplitNet-Random does from its first
    step. While the cut holds more than ``CUT_TARGET`` of the energy, every epoch that did not
    halve it doubles γ_W (up to ``RW_BOOST_MAX``): with 6 groups the cross-entropy held 31% of
@@ -26,7 +31,9 @@ The default budget scales with the data: 10 epochs, but never fewer than ``MIN_T
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from splitc.learn.health import chance_level, near_chance
 
@@ -86,12 +93,30 @@ def commit_due(step: int, regs_start: int, total: int, crisp: dict[int, float]) 
     return spent or (bool(crisp) and min(crisp.values()) >= CRISP)
 
 
-def commit_space(module: torch.nn.Module, matrix: torch.Tensor) -> None:
-    """Fix a space to its argmax groups, in place and with its parameter layout unchanged (so
-    checkpoints, ``--resume`` and ``split`` read it as before); the caller freezes it."""
+def balanced_winners(matrix: np.ndarray) -> np.ndarray:
+    """The group of each node (columns of a (G, nodes) probability matrix) that maximises the
+    summed log-probability subject to equal group sizes (``nodes % G`` groups, whichever fit
+    best, get one more): a linear assignment of nodes to group slots, where each group's
+    optional extra slot costs a constant large enough that exactly ``nodes % G`` are used."""
+    G, n = matrix.shape
+    base, extra = divmod(n, G)
+    slot_group = np.concatenate([np.repeat(np.arange(G), base), np.arange(G) if extra else []]).astype(np.int64)
+    cost = -np.log(np.clip(matrix[slot_group].T, 1e-30, None))   # (nodes, slots)
+    cost[:, G * base:] += 1e4    # > one node's largest cost difference (69), so no optional slot is used in place of a free one
+    rows, cols = linear_sum_assignment(cost)
+    winners = np.empty(n, dtype=np.int64)
+    winners[rows] = slot_group[cols]
+    return winners
+
+
+def commit_space(module: torch.nn.Module, matrix: torch.Tensor, balanced: bool = True) -> None:
+    """Fix a space to its groups (balanced, else argmax), in place and with its parameter layout
+    unchanged (so checkpoints, ``--resume`` and ``split`` read it as before); the caller freezes it."""
     from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment
 
-    winners = matrix.detach().argmax(dim=0)
+    probs = matrix.detach()
+    winners = (torch.as_tensor(balanced_winners(probs.double().cpu().numpy()), device=probs.device)
+               if balanced else probs.argmax(dim=0))
     onehot = torch.zeros_like(matrix)
     onehot[winners, torch.arange(matrix.shape[1], device=matrix.device)] = 1.0
     with torch.no_grad():

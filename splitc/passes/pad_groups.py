@@ -60,13 +60,15 @@ class Padding:
             names = ", ".join(self.ir.spaces[int(s)].name for s in spaces)
             raise Unpaddable(f"one axis concatenates the spaces {names}; padding cannot follow a concatenation")
         space = self.ir.spaces[int(spaces[0])]
-        if len(labels) != space.num_nodes or len(np.unique(labels)) != space.num_nodes:
-            raise Unpaddable(f"space {space.name} is read or written in parts ({len(labels)} of its "
-                             f"{space.num_nodes} channels: a concatenation or a slice); padding cannot follow it")
+        covered = len(np.unique(self.ir.node_of[labels]))   # a flatten repeats each channel per position
+        if covered != space.num_nodes:
+            raise Unpaddable(f"space {space.name} is read or written in parts ({covered} of its "
+                             f"{space.num_nodes} channels: a slice, or a part of a concatenation); padding cannot follow it")
         G = self.groups[int(spaces[0])]
         group = self.place.group[labels]
         if (np.diff(group) < 0).any():
-            raise ValueError("groups are not contiguous: run the permute pass first")
+            raise Unpaddable(f"the channels of space {space.name} reach one axis out of group order "
+                             "(a shuffle, or a concatenation of its parts); padding cannot follow it")
         sizes = np.bincount(group, minlength=G)
         width = int(sizes.max())
         start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
