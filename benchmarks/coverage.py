@@ -81,8 +81,15 @@ TIMM_FAMILIES = {
     "HGNetV2": "hgnetv2_b0", "InceptionNeXt": "inception_next_atto", "ConvNeXt-V2": "convnextv2_atto",
     "EfficientNetV2": "efficientnetv2_rw_t", "ResNetV2": "resnetv2_50", "RegNetZ": "regnetz_b16",
     "MobileOne": "mobileone_s0", "RDNet": "rdnet_tiny", "NFNet": "nf_resnet26",
+    # the remaining CNN modules of timm 1.0.31 (hybrids with attention, MetaFormer / MambaOut
+    # templates and CPUBone are left out: not CNN families)
+    "StarNet": "starnet_s050", "CSPNeXt": "cspnext_tiny", "FasterNet": "fasternet_t0",
+    "LCNetV2": "lcnetv2_small", "RepViT": "repvit_m0_9", "HGNet": "hgnet_tiny",
+    "Xception (legacy)": "legacy_xception", "TResNet": "tresnet_m", "Inception-v4": "inception_v4",
+    "Inception-ResNet-v2": "inception_resnet_v2", "VGG": "vgg11_bn", "NASNet": "nasnetalarge",
+    "PNASNet": "pnasnet5large",
 }
-TIMM_INPUT = {"inception_v3": (3, 75, 75)}
+TIMM_INPUT = {"inception_v3": (3, 75, 75), "inception_v4": (3, 75, 75), "inception_resnet_v2": (3, 75, 75)}
 NOOP_PCT = 0.05  # a split that saves less than this share of params (percent) is a no-op
 
 

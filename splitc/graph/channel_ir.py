@@ -28,6 +28,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves, tree_map_only
 import torch.fx as fx
 
 FLAGS = ("opaque", "shared_only")
@@ -157,26 +158,13 @@ def as_np(x: Any) -> np.ndarray:
 
 
 def has_tensor(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, (list, tuple)):
-        return any(has_tensor(v) for v in x)
-    return False
+    return bool(flat_tensors(x))
 
 
 def flat_tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in flat_tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in flat_tensors(v)]
-    return []
+    """The tensors of a nested output or argument tree (torch's pytree walks it)."""
+    return [t for t in tree_leaves(x) if isinstance(t, torch.Tensor)]
 
 
 def map_tensors(x: Any, fn) -> Any:
-    if isinstance(x, torch.Tensor):
-        return fn(x)
-    if isinstance(x, (list, tuple)):
-        return type(x)(map_tensors(v, fn) for v in x)
-    return x
+    return tree_map_only(torch.Tensor, fn, x)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
@@ -90,7 +91,7 @@ class SubgraphBuilder:
             return
         args = fx.node.map_arg(n.args, self.value)
         kwargs = fx.node.map_arg(n.kwargs, self.value)
-        if any(a is EMPTY for a in _leaves((args, kwargs))):
+        if any(a is EMPTY for a in tree_leaves((args, kwargs))):
             raise PartitionError(f"{n.name} in {self.name} reads a tensor the branch holds no channel of")
         if n.op == "call_module":
             target = self._module_for(n)
@@ -337,14 +338,6 @@ def _set_arg(args: list, kwargs: dict, index: int, name: str, value: Any) -> Non
         args[index] = value
     else:
         kwargs[name] = value
-
-
-def _leaves(x: Any) -> list:
-    if isinstance(x, (list, tuple)):
-        return [leaf for v in x for leaf in _leaves(v)]
-    if isinstance(x, dict):
-        return [leaf for v in x.values() for leaf in _leaves(v)]
-    return [x]
 
 
 def _is_tensor_shape(shape) -> bool:
