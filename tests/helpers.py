@@ -60,7 +60,7 @@ def randomize(model: nn.Module, seed: int | None = None) -> nn.Module:
 
 
 def analyse(model: nn.Module, input_size) -> tuple[torch.fx.GraphModule, ChannelIR]:
-    gm = trace(model)
+    gm = trace(model, input_size=tuple(input_size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ir = build_channel_graph(gm, tuple(input_size))

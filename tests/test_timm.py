@@ -8,6 +8,7 @@ where the op keeps channels. The timm models are built without weights at a smal
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -178,6 +179,46 @@ def test_padding_the_channel_dim_is_a_barrier() -> None:
 
     _, ir = analyse(ChannelPad("pad"), SIZE)
     assert any("pad" in what for what in ir.barriers)
+
+
+class ShapeBranching(FunctionalNet):
+    """The shape arithmetic and branches timm's forward code holds: TF-style "same" padding
+    (``math.ceil`` of a size, ``if pad > 0``) and VGG's pre-logits pooling (``if H < 7``)."""
+
+    def block(self, x):
+        ih, iw = x.size()[-2:]
+        pad_h = max((math.ceil(ih / 2) - 1) * 2 + 3 - ih, 0)
+        pad_w = max((math.ceil(iw / 2) - 1) * 2 + 3 - iw, 0)
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        x = self.dw(x)
+        if x.shape[-2] < 32:
+            x = F.adaptive_avg_pool2d(x, (max(32, x.shape[-2]), max(32, x.shape[-1])))
+        return x.view(x.size(0), x.shape[1], -1).view_as(x)
+
+
+def test_forward_that_branches_on_shapes_is_traced_with_concrete_shapes() -> None:
+    """The split of such a model equals its masked model at a batch size other than the one
+    the shapes were computed with (the batch stays a graph value), and the analysis says so."""
+    from splitc.graph.frontend import trace
+
+    with pytest.raises(SplitcError):
+        trace(ShapeBranching("pad"))          # without the input size: not traceable
+    gm = trace(ShapeBranching("pad"), input_size=SIZE)
+    assert gm.meta["specialised"] == SIZE
+    err, reduced, _, ir, _ = split_check(ShapeBranching("pad"), SIZE, ScopeSpec((2,), split_from=("stem",)), batch=5)
+    assert err <= TOL and reduced > 0 and not ir.barriers
+
+
+def test_branch_on_tensor_values_is_still_refused() -> None:
+    from splitc.graph.frontend import trace
+
+    class ValueBranching(nn.Module):
+        def forward(self, x):
+            return x if x.shape[1] == 3 and x.sum() > 0 else -x
+
+    with pytest.raises(SplitcError, match="control flow"):
+        trace(ValueBranching(), input_size=SIZE)
 
 
 # ---------------------------------------------------------------- the zoo

@@ -166,7 +166,7 @@ def unsplit_module(split_dir: str | os.PathLike) -> fx.GraphModule:
     from splitc.compile.split_dir import UNSPLIT_WEIGHTS
 
     meta = read_meta(split_dir)
-    gm = trace(zoo.build(meta["model"], meta["num_classes"]))
+    gm = trace(zoo.build(meta["model"], meta["num_classes"]), input_size=tuple(meta["input_size"]))
     gm.load_state_dict(load_file(str(Path(split_dir) / UNSPLIT_WEIGHTS)))
     return gm.eval()
 

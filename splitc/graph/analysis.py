@@ -53,7 +53,7 @@ def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
     size = tuple(input_size or zoo.resolve(model_name).default_input_size)
     model = model if model is not None else zoo.build(model_name, classes)
     check_forward(model, model_name, size)
-    gm = runner.run("trace", trace, model)
+    gm = runner.run("trace", trace, model, input_size=size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ir = runner.run("channel graph", build_channel_graph, gm, size)
@@ -87,6 +87,10 @@ def analysis_warnings(analysis: Analysis) -> list[str]:
     """What inspect, learn and split all say: ops that became barriers, and a scope that makes no
     layer block-diagonal (the split would save nothing and must not pass for a success)."""
     lines = barrier_summary(analysis.ir)
+    if analysis.gm.meta.get("specialised"):
+        size = "x".join(map(str, analysis.gm.meta["specialised"]))
+        lines.append(f"the forward of {analysis.model_name} branches on tensor shapes, so it was traced with the "
+                     f"shapes of a {size} input: the split holds for that input size (set --input-size to change it)")
     cost = analysis.cost
     if cost.split.params >= cost.baseline.params and analysis.scope.level_of:
         stop = f"; the channel analysis stopped at {', '.join(analysis.ir.barriers)}" if analysis.ir.barriers else ""

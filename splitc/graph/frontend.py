@@ -1,16 +1,22 @@
 """Frontend: turn an ``nn.Module`` into the model IR, a traced ``torch.fx.GraphModule``.
 
 Tracing is symbolic (``torch.fx.symbolic_trace``), in eval mode so that train-only branches
-(auxiliary heads) stay out of the graph. A model that cannot be traced gets one line naming the
-construct that failed and the fix: make the offending submodule a leaf, or ``torch.fx.wrap``
-the offending function.
+(auxiliary heads) stay out of the graph. A model whose forward branches on tensor *shapes*
+(timm's TF-style "same" padding, VGG's pre-logits pooling) cannot be traced symbolically; given
+the input size, :class:`ShapeTracer` retraces it with the shapes of every dimension but the
+batch known (computed on a sample input as the graph grows), so shape arithmetic and branches
+on shapes run in Python and the graph holds for that input size, which splitc fixes anyway. A
+branch on tensor *values*, or any other failure, gets one line naming the construct that failed
+and the fix: make the offending submodule a leaf, or ``torch.fx.wrap`` the offending function.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 
@@ -35,19 +41,93 @@ class LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module, leaf_types: Sequence[type] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model`` (in eval mode); raise SplitcError naming what failed."""
+class ShapeProxy(fx.Proxy):
+    """A proxy whose ``size()``, ``shape``, ``dim()`` and ``ndim`` are concrete Python ints, except
+    the batch size, which stays a graph value (``size(0)``) so the graph runs at any batch."""
+
+    def size(self, dim: int | None = None) -> Any:
+        shape = self.tracer.concrete(self.node).shape
+        if dim is None:
+            return (self.tracer.create_proxy("call_method", "size", (self, 0), {}), *shape[1:])
+        if dim in (0, -len(shape)):
+            return self.tracer.create_proxy("call_method", "size", (self, 0), {})
+        return int(shape[dim])
+
+    @property
+    def shape(self) -> Any:
+        return self.size()
+
+    def dim(self) -> int:
+        return self.tracer.concrete(self.node).dim()
+
+    @property
+    def ndim(self) -> int:
+        return self.dim()
+
+
+class ShapeTracer(LeafTracer):
+    """:class:`LeafTracer` with concrete shapes: each node's value on ``example`` is computed
+    once, when a shape is first asked of it (one forward in all, node by node)."""
+
+    def __init__(self, example: torch.Tensor, leaf_types: Sequence[type] = ()) -> None:
+        super().__init__(leaf_types)
+        self.example = example
+        self.interpreter: fx.Interpreter | None = None
+        self.evaluating = False   # computing values: modules run and parameters read as usual
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ShapeProxy(node, self)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs) -> Any:
+        return forward(*args, **kwargs) if self.evaluating else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        return attr_val if self.evaluating else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def concrete(self, target: fx.Node) -> Any:
+        if self.interpreter is None:
+            self.interpreter = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+            self.interpreter.args_iter = iter([self.example])
+        env = self.interpreter.env
+        self.evaluating = True
+        try:
+            with torch.no_grad():
+                for node in self.graph.nodes:
+                    if node not in env:
+                        env[node] = self.interpreter.run_node(node)
+                    if node is target:
+                        return env[node]
+        finally:
+            self.evaluating = False
+        raise KeyError(target)
+
+
+def trace(model: nn.Module, leaf_types: Sequence[type] = (),
+          input_size: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` (in eval mode); with ``input_size``, a forward that branches
+    on shapes is retraced with concrete shapes (``gm.meta["specialised"]`` says so). Raises
+    SplitcError naming what failed."""
     was_training = model.training
     model.eval()
+    specialised = False
     try:
-        tracer = LeafTracer(leaf_types)
-        graph = tracer.trace(model)
+        tracer: LeafTracer = LeafTracer(leaf_types)
+        try:
+            graph = tracer.trace(model)
+        except (fx.proxy.TraceError, TypeError):
+            if input_size is None:
+                raise
+            tracer = ShapeTracer(torch.zeros(2, *input_size), leaf_types)
+            graph = tracer.trace(model)
+            specialised = True
     except Exception as exc:  # noqa: BLE001 - any tracing failure is reported as a user error
         raise SplitcError(_describe_trace_failure(model, exc)) from None
     finally:
         model.train(was_training)
-    name = type(model).__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if specialised:
+        gm.meta["specialised"] = tuple(input_size)
+    return gm
 
 
 def _describe_trace_failure(model: nn.Module, exc: Exception) -> str:
