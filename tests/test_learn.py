@@ -303,6 +303,7 @@ def test_cluster_init_starts_the_class_map_from_the_features(cluster_run: LearnR
     ({"init_groups": "cluster", "assign": "random"}, "--init-groups cluster"),
     ({"assign_optimizer": "rmsprop"}, "--assign-optimizer"),
     ({"gamma_d_rise": 0.0}, "--gamma-d-rise"),
+    ({"commit_groups": "greedy"}, "--commit-groups"),
 ])
 def test_bad_options_fail_in_one_line(tmp_path: Path, changes: dict, match: str) -> None:
     with pytest.raises(SplitcError, match=match) as exc:
@@ -393,3 +394,16 @@ def test_acceptance_semantic_grouping(tmp_path: Path) -> None:
     assert summary["superclass_ari"] >= 0.9, summary
     assert summary["superclass_ari"] >= summary["feature_ari"] - 0.05, summary
     assert elapsed < 600, f"took {elapsed:.0f} s"
+
+
+def test_commit_fixes_balanced_groups_by_default(tmp_path: Path) -> None:
+    """A run that commits ends with equal groups in every channel space (one more channel at
+    most), and its committed records say the commit happened; argmax may leave them unequal."""
+    result = run(tmp_path, "committed", commit=True, max_steps=8)
+    assert any(m["kind"] == "commit" for m in metrics(result.run_dir))
+    doc = json.loads((result.run_dir / "assignment.json").read_text())
+    spaces = [s for s in doc["spaces"] if s["name"] != "fc"]
+    assert spaces
+    for space in spaces:
+        sizes = space["group_sizes"]
+        assert max(sizes) - min(sizes) <= 1, (space["name"], sizes)
