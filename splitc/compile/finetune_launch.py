@@ -1,86 +1,34 @@
-"""Launching ``splitc finetune --nproc N``: N local ranks through PyTorch's elastic launcher.
-
-The same agent that ``torchrun`` runs (``elastic_launch``, c10d rendezvous on 127.0.0.1, no
-restarts) starts the ranks of ``finetune_dist.run_rank``. Their output goes to log files; the
-launcher shows rank 0's progress from its metrics journal, and when a rank fails, the agent
-stops the others within a few seconds and the launcher reports it in one line: a user error any
-rank raised, else the first rank that died (by a signal before by an exit code), with the last
-checkpoint and where the logs are.
-"""
+"""Launching ``splitc finetune --nproc N``: N local ranks through PyTorch's elastic launcher
+(``splitc/core/launch.py``, shared with data-parallel learn), each running
+``finetune_dist.run_rank``; a failed rank becomes one line with the last checkpoint."""
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
-import threading
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from tqdm import tqdm
-
-from splitc.core.checkpoint import load_checkpoint, read_metrics
+from splitc.core.checkpoint import load_checkpoint
 from splitc.core.errors import SplitcError
+from splitc.core.launch import launch_local, under_torchrun
 from splitc.compile.finetune_loop import CHECKPOINT, METRICS, FinetuneConfig, FinetuneResult, claim_split_dir
 from splitc.compile.finetune_dist import RankReport, check_device, check_nproc, run_rank
 from splitc.compile.split_dir import read_meta
-
-SHUTDOWN_TIMEOUT_S = 5   # the agent's grace between SIGTERM and SIGKILL for the surviving ranks
 
 
 def launch_ranks(config: FinetuneConfig, progress: bool = True) -> list[RankReport]:
     """Check the input, then run ``config.nproc`` ranks on this host through PyTorch's elastic
     launcher (as torchrun does); a failed rank stops them all and becomes one line."""
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     folder = Path(config.split_dir)
     meta = claim_split_dir(folder, read_meta(folder), config)
     check_nproc(meta, config.nproc, folder)
     check_device(config.device, config.nproc)
-    logs = Path(tempfile.mkdtemp(prefix="splitc-finetune-"))
-    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=config.nproc, run_id=f"splitc-{uuid.uuid4().hex[:12]}",
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1", max_restarts=0,
-                          monitor_interval=0.2, start_method="spawn", shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-                          logs_specs=DefaultLogsSpecs(log_dir=str(logs), redirects=Std.ALL))
-    _start_quiet_tracker()
-    try:
-        with _quiet_agent(), _progress(folder / METRICS, config.max_steps, progress):
-            outputs = elastic_launch(launch, _worker)(config)
-    except ChildFailedError as exc:
-        raise SplitcError(_failure_line(exc.failures, folder, logs)) from None
-    except SignalException as exc:  # the launcher itself was interrupted; the agent stopped the ranks
-        raise SplitcError(f"stopped by {exc.sigval.name}; {_checkpoint_note(folder)}") from None
-    shutil.rmtree(logs, ignore_errors=True)
+    outputs = launch_local(_worker, config, config.nproc, job="finetune", metrics=folder / METRICS,
+                           total=config.max_steps, progress=progress, checkpoint_note=lambda: _checkpoint_note(folder))
     return [outputs[r] for r in sorted(outputs)]
 
 
 def _worker(config: FinetuneConfig) -> RankReport:
     """The entry point of a launched rank (module level, so that spawn can import it)."""
     return run_rank(config, progress=False)
-
-
-def _failure_line(failures: dict[int, Any], folder: Path, logs: Path) -> str:
-    """A user error any rank raised, else the first rank to die (signals before exit codes)."""
-    texts = {r: _first_line(f.message) for r, f in failures.items()}
-    for r in sorted(texts):
-        if texts[r].startswith("SplitcError: "):
-            return texts[r].removeprefix("SplitcError: ")
-    rank = min(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
-    f = failures[rank]
-    cause = f"was killed by {f.signal_name()}" if f.exitcode < 0 else f"exited with code {f.exitcode} ({texts[rank][:160]})"
-    return (f"rank {rank} (pid {f.pid}) {cause}, which stopped the distributed finetune; "
-            f"{_checkpoint_note(folder)}; worker logs: {logs}")
-
-
-def _first_line(message: Any) -> str:
-    text = message.get("message", "") if isinstance(message, dict) else str(message)
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _checkpoint_note(folder: Path) -> str:
@@ -91,78 +39,11 @@ def _checkpoint_note(folder: Path) -> str:
     return f"its last checkpoint {path} (step {step}) is intact: continue with --resume (any --nproc)"
 
 
-def _start_quiet_tracker() -> None:
-    """Start multiprocessing's resource tracker without its leak warnings: a killed rank leaves
-    its semaphores to the tracker, which would print two lines after the one-line error."""
-    from multiprocessing import resource_tracker
-
-    saved = os.environ.get("PYTHONWARNINGS")
-    os.environ["PYTHONWARNINGS"] = "ignore:resource_tracker:UserWarning"  # inherited by the tracker only
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        if saved is None:
-            del os.environ["PYTHONWARNINGS"]
-        else:
-            os.environ["PYTHONWARNINGS"] = saved
-
-
-@contextmanager
-def _quiet_agent() -> Iterator[None]:
-    """The elastic agent logs every failure at length; the launcher reports it in one line."""
-    loggers = [log for name, log in logging.root.manager.loggerDict.items()
-               if name.startswith(("torch.distributed", "torch.multiprocessing")) and isinstance(log, logging.Logger)]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
-
-
-@contextmanager
-def _progress(metrics: Path, total: int | None, enabled: bool) -> Iterator[None]:
-    """Rank 0's step count, followed in its metrics journal (the ranks' own output goes to logs);
-    the bar appears with the first step, so an error before training prints alone."""
-    bars: list[tqdm] = []
-    stop = threading.Event()
-
-    def follow() -> None:
-        while not stop.wait(0.5):
-            step = _last_step(metrics)
-            if step is None:
-                continue
-            if not bars:
-                bars.append(tqdm(total=total, desc="finetune", dynamic_ncols=True))
-            if step != bars[0].n:
-                bars[0].n = step
-                bars[0].refresh()
-
-    thread = threading.Thread(target=follow, daemon=True)
-    if enabled:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        if enabled:
-            thread.join(timeout=2)
-        for bar in bars:
-            bar.close()
-
-
-def _last_step(metrics: Path) -> int | None:
-    records = read_metrics(metrics, tail_bytes=4096)
-    return int(records[-1]["step"]) if records else None
-
-
 def finetune_distributed(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
     """Under torchrun, this process's rank; otherwise launch ``config.nproc`` local ranks.
     Returns rank 0's result (every rank's is the same)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        world = int(os.environ["WORLD_SIZE"])
+    world = under_torchrun()
+    if world is not None:
         if config.nproc not in (1, world):
             raise SplitcError(f"--nproc {config.nproc} under torchrun, which started {world} ranks; drop "
                               "--nproc (torchrun's --nnodes and --nproc-per-node set the ranks).")
