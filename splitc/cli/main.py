@@ -151,6 +151,10 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--weight-decay", type=NON_NEGATIVE, default=None, help="Default 1e-4, as in the paper.")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
 @click.option("--device", default=None, help="cpu or cuda.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Data-parallel ranks on this host (gloo on CPU, nccl on GPUs; or start it under torchrun). "
+                   "Each step reads a global batch of N x --batch-size, each rank trains on its share and the "
+                   "gradients are averaged: scale --lr yourself (N times for the linear rule).")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", default=None, help="Run directory (default runs/learn).")
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint.")
@@ -161,7 +165,8 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> None:
     """Train MODEL with group assignments and the SplitNet regularizers."""
     from splitc.graph.frontend import parse_input_size
-    from splitc.learn.loop import LearnConfig, learn as run_learn
+    from splitc.learn.config import LearnConfig
+    from splitc.learn.dist import learn_entry as run_learn
 
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if options.get("resume"):

@@ -55,6 +55,7 @@ class LearnConfig:
     schedule: str = "cosine"
     lr_warmup_epochs: float = 0.5   # linear learning-rate warm-up at the start of the run
     device: str = "cpu"
+    nproc: int = 1                  # data-parallel ranks (learn_dist); the global batch is nproc x batch_size
     seed: int = 0
     out: str = "runs/learn"
     resume: bool = False
@@ -105,6 +106,11 @@ def check_config(config: LearnConfig) -> None:
         raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
     if config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
+    if config.nproc < 1:
+        raise SplitcError(f"--nproc must be at least 1, got {config.nproc}.")
+    if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
+        raise SplitcError(f"--nproc {config.nproc} with --device cuda needs {config.nproc} GPUs; "
+                          f"{torch.cuda.device_count()} are visible. Use fewer ranks or --device cpu.")
     if config.commit_groups not in COMMIT_GROUPS:
         raise SplitcError(f"unknown --commit-groups {config.commit_groups!r}; choose {', '.join(COMMIT_GROUPS)}.")
     if config.init_groups == "cluster" and config.assign == "random":

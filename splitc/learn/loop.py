@@ -64,20 +64,26 @@ from splitc.learn.groups import (
 )
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import disjoint_weight, make_optimizers, set_lr
+from splitc.learn.ranks import SINGLE, Ranks
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
 from splitc.passes.harden import fuzzy_nodes
 from splitc.passes.mask import mask_inter_group
 from splitc.graph.scope import make_spec
 
-def learn(config: LearnConfig, progress: bool = True) -> LearnResult:
-    """Train weights and assignments; write checkpoint, metrics and assignment.json under ``out``."""
+def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> LearnResult:
+    """Train weights and assignments; write checkpoint, metrics and assignment.json under ``out``.
+    ``ranks``: this process's rank of a data-parallel run (``splitc.learn.dist`` starts them)."""
     if config.resume and config.force:
         raise SplitcError("--resume continues the run in --out and --force replaces it; pass one of them.")
     check_config(config)
-    if not config.resume:
+    if config.nproc != ranks.world:
+        raise SplitcError(f"--nproc {config.nproc} needs {config.nproc} ranks: run it through `splitc learn` "
+                          "or splitc.learn.dist.learn_entry, which start them.")
+    if not config.resume and ranks.main:
         fresh(config.out, config.force, resume=True)
-    run = _setup(config)
+    ranks.barrier()   # rank 0 has claimed --out before any rank reads a checkpoint from it
+    run = _setup(config, ranks)
     if config.resume:
         restore_run(run)
     for line in analysis_warnings(run.analysis):
@@ -85,10 +91,12 @@ def learn(config: LearnConfig, progress: bool = True) -> LearnResult:
     _train(run, progress)
     val_acc = evaluate(run)
     save_run(run)
-    return _finish(run, val_acc)
+    result = _finish(run, val_acc)
+    ranks.barrier()   # every rank returns after rank 0 has written its files
+    return result
 
 
-def _setup(config: LearnConfig) -> LearnRun:
+def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
     """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
     torch.manual_seed(config.seed)
     bundle = load_data(config.data, config.input_size or pick_input_size(config), seed=config.seed,
@@ -98,12 +106,12 @@ def _setup(config: LearnConfig) -> LearnRun:
     device = torch.device(config.device)
     analysis.gm.to(device)
     aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
-    steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
+    steps_per_epoch = max(1, len(bundle.train) // (config.batch_size * ranks.world))
     total = schedule.total_steps(config.epochs, config.max_steps, steps_per_epoch)
     floor, cap = schedule.warmup_bounds(config.warmup_epochs, steps_per_epoch, total, config.warmup == "adaptive")
     soft = round(config.soft_epochs * steps_per_epoch)
     return LearnRun(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
-                Path(config.out), steps_per_epoch, total, cap, soft, floor)
+                    Path(config.out), steps_per_epoch, total, cap, soft, floor, ranks=ranks)
 
 
 def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
@@ -116,8 +124,8 @@ def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
 
 
 def _epoch_loader(run: LearnRun, epoch: int, skip: int) -> DataLoader:
-    return epoch_loader(run.bundle.train, run.config.seed, epoch, run.config.batch_size,
-                        run.steps_per_epoch, skip)
+    return epoch_loader(run.bundle.train, run.config.seed, epoch, run.config.batch_size * run.ranks.world,
+                        run.steps_per_epoch, skip)   # the global batch; each rank trains on its shard
 
 
 def _train(run: LearnRun, progress: bool) -> None:
@@ -144,6 +152,7 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
     lr = run.config.lr * set_lr(run.optimizers, run.config.schedule, run.step, run.total_steps, ramp)
     gm = run.analysis.gm
     gm.train()
+    x, y = run.ranks.shard(x, y)
     logits = gm(x)
     ce = F.cross_entropy(logits, y)
     regs_on = run.step >= run.warmup_steps
@@ -161,9 +170,11 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    run.ranks.average_gradients([*gm.parameters(), *run.aset.parameters()])
     run.optimizers["weights"].step()
     if regs_on and "assign" in run.optimizers:
         run.optimizers["assign"].step()
+    run.ranks.average_buffers(gm)
     correct = int((logits.argmax(dim=1) == y).sum())
     run.train_correct += correct
     run.train_seen += len(y)
@@ -301,7 +312,7 @@ def train_acc(run: LearnRun) -> float:
 
 def evaluate(run: LearnRun, model: torch.nn.Module | None = None) -> float:
     """Validation accuracy of the dense model, or of ``model`` (the masked one)."""
-    return accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device)
+    return run.ranks.broadcast(accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device))
 
 
 def masked_val_acc(run: LearnRun) -> float:
@@ -344,7 +355,8 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
            LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
            "committed": run.committed, "grad_share": run.grad_share}
-    atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
+    if run.ranks.main:
+        atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
                        run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings))

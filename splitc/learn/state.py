@@ -15,6 +15,7 @@ from splitc.core.checkpoint import append_metrics, load_checkpoint, save_checkpo
 from splitc.data.loaders import DataBundle
 from splitc.core.errors import SplitcError
 from splitc.learn.config import CHECKPOINT, METRICS, LearnConfig
+from splitc.learn.ranks import SINGLE, Ranks
 
 @dataclass
 class LearnRun:
@@ -46,10 +47,12 @@ class LearnRun:
     train_correct: int = 0
     train_seen: int = 0
     warnings: list[str] = field(default_factory=list)
+    ranks: Ranks = SINGLE                      # data-parallel learn: this process's rank (learn_ranks)
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
-    append_metrics(run.run_dir / METRICS, record)
+    if run.ranks.main:
+        append_metrics(run.run_dir / METRICS, record)
 
 
 def freeze_space(run: LearnRun, space: int) -> None:
@@ -72,6 +75,9 @@ def _rng_states() -> dict[str, Any]:
 
 
 def save_run(run: LearnRun) -> Path:
+    """Rank 0's checkpoint (every rank holds the same state); the other ranks write nothing."""
+    if not run.ranks.main:
+        return run.run_dir / CHECKPOINT
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(run.config).items()}
     return save_checkpoint(run.run_dir / CHECKPOINT, {
         "kind": "learn", "identity": identity(run), "config": config,
@@ -111,7 +117,8 @@ def restore_run(run: LearnRun) -> None:
     run.energy_ari = ckpt.get("classifier_energy_ari")
     groups = ckpt.get("feature_groups")
     run.feature_groups = tuple(groups) if groups is not None else None
-    trim_metrics(run.run_dir / METRICS, run.step)
+    if run.ranks.main:
+        trim_metrics(run.run_dir / METRICS, run.step)
     torch.set_rng_state(ckpt["rng"]["torch"])
     if "cuda" in ckpt["rng"] and run.device.type == "cuda":
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
