@@ -18,7 +18,7 @@ from splitc.core.checkpoint import append_metrics, load_checkpoint, save_checkpo
 from splitc.data.batches import accuracy, epoch_loader
 from splitc.data.loaders import load_data
 from splitc.core.errors import SplitcError
-from splitc.learn.optim import lr_factor
+from splitc.learn.optim import schedule_at
 from splitc.compile.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS, load_split, read_meta, write_json, write_tensors
 from splitc.core.files import FINETUNE_CHECKPOINT, FINETUNE_METRICS
 
@@ -146,6 +146,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
           replica: Replica, progress: bool) -> FinetuneResult:
     """The loop from ``step`` to the last step: a checkpoint and a validation after every epoch."""
     config = run.config
+    scheduler = schedule_at(optimizer, config.lr, config.schedule, run.total, step)
     bar = tqdm(total=run.total, initial=step, desc="finetune", disable=not progress, dynamic_ncols=True)
     correct = seen = 0
     while step < run.total:
@@ -154,6 +155,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
         for x, y in epoch_loader(run.bundle.train, config.seed, epoch, config.batch_size, run.steps_per_epoch,
                                  step % run.steps_per_epoch):
             logits, y, loss = train_step(run, model, optimizer, replica, step, x, y)
+            scheduler.step()
             step += 1
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -173,8 +175,6 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
 
 def train_step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, replica: Replica, step: int,
           x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    for group in optimizer.param_groups:
-        group["lr"] = run.config.lr * lr_factor(run.config.schedule, step, run.total)
     x, y = x.to(run.device), y.to(run.device)
     logits = model(x)
     loss = F.cross_entropy(logits, y)

@@ -63,7 +63,7 @@ from splitc.learn.groups import (
     superclass_ari,
 )
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
-from splitc.learn.optim import disjoint_weight, make_optimizers, set_lr
+from splitc.learn.optim import disjoint_weight, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
@@ -131,6 +131,8 @@ def _epoch_loader(run: LearnRun, epoch: int, skip: int) -> DataLoader:
 def _train(run: LearnRun, progress: bool) -> None:
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not progress, desc="learn",
                dynamic_ncols=True)
+    ramp = round(run.config.lr_warmup_epochs * run.steps_per_epoch)
+    run.scheduler = schedule_at(run.optimizers["weights"], run.config.lr, run.config.schedule, run.total_steps, run.step, ramp)
     with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
         _maybe_end_warmup(run)
         while run.step < run.total_steps:
@@ -148,8 +150,7 @@ def _train(run: LearnRun, progress: bool) -> None:
 
 def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """One SGD step; the regularizers join the loss only after the warm-up."""
-    ramp = round(run.config.lr_warmup_epochs * run.steps_per_epoch)
-    lr = run.config.lr * set_lr(run.optimizers, run.config.schedule, run.step, run.total_steps, ramp)
+    lr = run.optimizers["weights"].param_groups[0]["lr"]
     gm = run.analysis.gm
     gm.train()
     x, y = run.ranks.shard(x, y)
@@ -172,6 +173,7 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
     loss.backward()
     run.ranks.average_gradients([*gm.parameters(), *run.aset.parameters()])
     run.optimizers["weights"].step()
+    run.scheduler.step()
     if regs_on and "assign" in run.optimizers:
         run.optimizers["assign"].step()
     run.ranks.average_buffers(gm)

@@ -76,19 +76,21 @@ def lr_factor(schedule: str, step: int, total: int, ramp_steps: int = 0) -> floa
     return ramp * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def set_lr(optimizers: dict[str, torch.optim.Optimizer], schedule: str, step: int, total: int,
-           ramp_steps: int = 0) -> float:
-    """Apply the schedule to the weights' optimizer; return the factor.
+def schedule_at(optimizer: torch.optim.Optimizer, base_lr: float, schedule: str, total: int, step: int,
+                ramp_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's ``LambdaLR`` over :func:`lr_factor`, positioned at ``step`` (a resumed run goes on
+    with its schedule) and scaled from ``base_lr``: its learning rate is the one for ``step``, and each ``.step()`` after
+    an optimizer step moves it to the next. The factor stays closed-form (``base * factor``,
+    bit for bit what the recorded runs used; torch's chained cosine is recursive and drifts).
 
-    The assignments keep their base rate: they only start after the warm-up, and a schedule
-    that decays to zero froze the channel spaces half-formed (mean top probability 0.3-0.6
-    after 10 epochs), so the harden step would cut by argmaxes of near-uniform columns.
-    """
-    factor = lr_factor(schedule, step, total, ramp_steps)
-    for name, opt in optimizers.items():
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * (factor if name == "weights" else 1.0)
-    return factor
+    Only the weights' optimizer is scheduled: the assignments keep their base rate, since they
+    only start after the warm-up, and a schedule that decays to zero froze the channel spaces
+    half-formed (mean top probability 0.3-0.6 after 10 epochs), so the harden step would cut by
+    argmaxes of near-uniform columns."""
+    for group in optimizer.param_groups:   # this run's --lr, not a resumed optimizer's last rate
+        group["initial_lr"] = base_lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(schedule, s, total, ramp_steps), last_epoch=step - 1)
 
 
 def disjoint_weight(step: int, warmup_steps: int, soft_steps: int, total_steps: int,

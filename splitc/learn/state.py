@@ -48,6 +48,7 @@ class LearnRun:
     train_seen: int = 0
     warnings: list[str] = field(default_factory=list)
     ranks: Ranks = SINGLE                      # data-parallel learn: this process's rank (learn_ranks)
+    scheduler: Any = None                      # the weights' LambdaLR, positioned when training starts
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
