@@ -44,20 +44,21 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """conv1-bn1-relu → layer1/2/3 (16/32/64 ch., n blocks each) → GAP → fc."""
 
-    def __init__(self, depth: int, num_classes: int = 10) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
+        w1, w2, w3 = widths   # narrower widths: the equal-params anchor of benchmarks/anchors.py
         self.depth = depth
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.conv1 = nn.Conv2d(3, w1, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU(inplace=False)
-        self.layer1 = self._layer(16, 16, n, 1)
-        self.layer2 = self._layer(16, 32, n, 2)
-        self.layer3 = self._layer(32, 64, n, 2)
+        self.layer1 = self._layer(w1, w1, n, 1)
+        self.layer2 = self._layer(w1, w2, n, 2)
+        self.layer3 = self._layer(w2, w3, n, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(w3, num_classes)
         init_weights(self)
 
     @staticmethod
