@@ -94,8 +94,8 @@ def one_step(monkeypatch):
     """learn trains at most one step (the fuzz test checks the edges, not the training)."""
     original = learn_module._setup
 
-    def setup(config):
-        run = original(config)
+    def setup(config, *args, **kwargs):
+        run = original(config, *args, **kwargs)
         run.total_steps = min(run.total_steps, run.step + 1)
         return run
     monkeypatch.setattr(learn_module, "_setup", setup)
