@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from splitc.core.checkpoint import load_checkpoint
 from splitc.core.errors import SplitcError
-from splitc.core.launch import launch_local, under_torchrun
+from splitc.core.launch import checkpoint_note, launch_local, under_torchrun
 from splitc.compile.finetune_loop import CHECKPOINT, METRICS, FinetuneConfig, FinetuneResult, claim_split_dir
 from splitc.compile.finetune_dist import RankReport, check_device, check_nproc, run_rank
 from splitc.compile.split_dir import read_meta
@@ -32,11 +31,7 @@ def _worker(config: FinetuneConfig) -> RankReport:
 
 
 def _checkpoint_note(folder: Path) -> str:
-    path = folder / CHECKPOINT
-    if not path.is_file():
-        return "no checkpoint was written yet, so start it again"
-    step = load_checkpoint(path, kind="finetune")["step"]  # a torn file cannot exist: writes are atomic
-    return f"its last checkpoint {path} (step {step}) is intact: continue with --resume (any --nproc)"
+    return checkpoint_note(folder / CHECKPOINT, "finetune", "any --nproc")
 
 
 def finetune_distributed(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from splitc.core.checkpoint import read_metrics
+from splitc.core.checkpoint import load_checkpoint, read_metrics
 from splitc.core.errors import SplitcError
 
 SHUTDOWN_TIMEOUT_S = 5   # the agent's grace between SIGTERM and SIGKILL for the surviving ranks
@@ -61,6 +61,14 @@ def launch_local(worker: Callable[[Any], Any], arg: Any, nproc: int, *, job: str
         raise SplitcError(f"stopped by {exc.sigval.name}; {checkpoint_note()}") from None
     shutil.rmtree(logs, ignore_errors=True)
     return outputs
+
+
+def checkpoint_note(path: Path, kind: str, resume: str) -> str:
+    """What a stopped job leaves: its last checkpoint (writes are atomic, so never a torn one)."""
+    if not path.is_file():
+        return "no checkpoint was written yet, so start it again"
+    step = load_checkpoint(path, kind=kind)["step"]
+    return f"its last checkpoint {path} (step {step}) is intact: continue with --resume ({resume})"
 
 
 def failure_line(failures: dict[int, Any], job: str, note: str, logs: Path) -> str:

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from splitc.core.checkpoint import load_checkpoint
 from splitc.core.errors import SplitcError
-from splitc.core.launch import launch_local, under_torchrun
+from splitc.core.launch import checkpoint_note, launch_local, under_torchrun
 from splitc.learn.config import CHECKPOINT, METRICS, LearnConfig, LearnResult, check_config
 from splitc.learn.loop import learn
 from splitc.learn.ranks import Ranks
@@ -79,8 +78,4 @@ def _worker(config: LearnConfig) -> LearnResult:
 
 
 def _checkpoint_note(folder: Path) -> str:
-    path = folder / CHECKPOINT
-    if not path.is_file():
-        return "no checkpoint was written yet, so start it again"
-    step = load_checkpoint(path, kind="learn")["step"]
-    return f"its last checkpoint {path} (step {step}) is intact: continue with --resume (same --nproc and --batch-size)"
+    return checkpoint_note(folder / CHECKPOINT, "learn", "same --nproc and --batch-size")

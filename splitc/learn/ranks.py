@@ -38,31 +38,30 @@ class Ranks:
         return x[self.rank * b:(self.rank + 1) * b], y[self.rank * b:(self.rank + 1) * b]
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
-        """Every gradient becomes the mean over the ranks, in one flat all-reduce."""
+        """Every gradient becomes the mean over the ranks."""
         if self.world == 1:
             return
         params = [p for p in params if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        for p, g in zip(params, torch.split(flat, [g.numel() for g in grads])):
-            p.grad = g.view_as(p).clone()
+        means = self._means([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+        for p, g in zip(params, means):
+            p.grad = g
 
     def average_buffers(self, module: nn.Module) -> None:
         """BatchNorm running means and variances averaged over the ranks (float buffers only)."""
         if self.world == 1:
             return
         buffers = [b for b in module.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.reshape(-1) for b in buffers])
+        for b, v in zip(buffers, self._means(buffers)):
+            b.copy_(v)
+
+    def _means(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean over the ranks of each tensor, in one flat all-reduce."""
+        if not tensors:
+            return []
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         torch.distributed.all_reduce(flat)
         flat /= self.world
-        for b, v in zip(buffers, torch.split(flat, [b.numel() for b in buffers])):
-            b.copy_(v.view_as(b))
+        return [v.view_as(t).clone() for t, v in zip(tensors, torch.split(flat, [t.numel() for t in tensors]))]
 
     def broadcast(self, value: float) -> float:
         """Rank 0's value on every rank, so that every decision taken on it is the same."""
