@@ -53,6 +53,7 @@ from torch import nn
 from splitc.core.errors import SplitcError
 from splitc.compile.finetune_loop import FinetuneConfig, FinetuneResult, Replica, claim_split_dir, make_optimizer, prepare, restart, to_run, train
 from splitc.compile.split_dir import SPLIT_WEIGHTS, load_split, read_meta
+from splitc.learn.ranks import summed_over_ranks
 from splitc.graph.split_model import INPUT, SplitModel, SplitPlan, TensorRef, module_key
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank stuck this long in a collective fails the job
@@ -200,12 +201,8 @@ class RankReplica(Replica):
     def sync_grads(self) -> None:
         """Sum the replicated (trunk, merge) gradients over the ranks, in one flat all-reduce."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shared]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        for p, g in zip(self.shared, torch.split(flat, [g.numel() for g in grads])):
-            p.grad = g.view_as(p).clone()
+        for p, g in zip(self.shared, summed_over_ranks(grads)):
+            p.grad = g
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         local = model.state_dict()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ def learn_entry(config: LearnConfig, progress: bool = True) -> LearnResult:
         if config.nproc not in (1, world):
             raise SplitcError(f"--nproc {config.nproc} under torchrun, which started {world} ranks; drop "
                               "--nproc (torchrun's --nnodes and --nproc-per-node set the ranks).")
-        return run_rank(config if config.nproc == world else _with_nproc(config, world), progress)
+        return run_rank(replace(config, nproc=world), progress)
     if config.nproc == 1:
         return learn(config, progress)
     check_config(config)
@@ -64,12 +65,6 @@ def run_rank(config: LearnConfig, progress: bool) -> LearnResult:
         raise SplitcError(str(exc)) from None
     finally:
         dist.destroy_process_group()
-
-
-def _with_nproc(config: LearnConfig, world: int) -> LearnConfig:
-    from dataclasses import replace
-
-    return replace(config, nproc=world)
 
 
 def _worker(config: LearnConfig) -> LearnResult:

@@ -55,13 +55,7 @@ class Ranks:
             b.copy_(v)
 
     def _means(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The mean over the ranks of each tensor, in one flat all-reduce."""
-        if not tensors:
-            return []
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        return [v.view_as(t).clone() for t, v in zip(tensors, torch.split(flat, [t.numel() for t in tensors]))]
+        return [t / self.world for t in summed_over_ranks(tensors)]
 
     def broadcast(self, value: float) -> float:
         """Rank 0's value on every rank, so that every decision taken on it is the same."""
@@ -78,3 +72,13 @@ class Ranks:
 
 
 SINGLE = Ranks()
+
+
+def summed_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over the ranks, in one flat all-reduce (new tensors, shapes kept).
+    Shared by data-parallel learn (averaged) and the model-parallel finetune (summed)."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    return [v.view_as(t).clone() for t, v in zip(tensors, torch.split(flat, [t.numel() for t in tensors]))]
