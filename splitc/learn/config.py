@@ -16,7 +16,13 @@ from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, LEARN_METRICS
 CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JSON
 FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
 REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
-INIT_GROUPS = ("learned", "cluster")
+# How the groups are found (issue 13; docs/LEARN.md has the table that chose the default):
+# learned: the paper's (CIFAR), every map trained from a uniform start by the regularizers;
+# cluster: the class map starts from a balanced clustering of the warmed-up features;
+# cluster-cut: that clustering is the class map, every channel space is placed by the trained
+#   weights around it (splitc.learn.cut_groups) and committed at once (the authors' ImageNet
+#   code also clustered the classes first).
+INIT_GROUPS = ("learned", "cluster", "cluster-cut")
 COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
 DEFAULT_GROUPS = "4"
@@ -113,9 +119,12 @@ def check_config(config: LearnConfig) -> None:
                           f"{torch.cuda.device_count()} are visible. Use fewer ranks or --device cpu.")
     if config.commit_groups not in COMMIT_GROUPS:
         raise SplitcError(f"unknown --commit-groups {config.commit_groups!r}; choose {', '.join(COMMIT_GROUPS)}.")
-    if config.init_groups == "cluster" and config.assign == "random":
-        raise SplitcError("--init-groups cluster needs learned assignments; drop it or use "
+    if config.init_groups != "learned" and config.assign == "random":
+        raise SplitcError(f"--init-groups {config.init_groups} needs learned assignments; drop it or use "
                           "--assign softmax / reduced-gradient.")
+    if config.init_groups == "cluster-cut" and not config.commit:
+        raise SplitcError("--init-groups cluster-cut commits its groups at the end of the warm-up; "
+                          "drop --no-commit, or use --init-groups learned for the paper's schedule.")
 
 
 def check_numbers(config: LearnConfig) -> None:

@@ -52,6 +52,7 @@ from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the 
     LearnResult,
     check_config,
 )
+from splitc.learn.cut_groups import check_flat, cut_groups
 from splitc.learn.groups import (
     class_groups,
     class_space_levels,
@@ -103,6 +104,8 @@ def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
                        flip=config.flip)
     spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
     analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size)
+    if config.init_groups == "cluster-cut":
+        check_flat(analysis.scope)
     device = torch.device(config.device)
     analysis.gm.to(device)
     aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
@@ -279,7 +282,7 @@ def _maybe_end_warmup(run: LearnRun) -> None:
         if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
             warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val),
                                      f"at the end of the warm-up (step {run.step})"))
-    wanted = run.bundle.superclass_of is not None or run.config.init_groups == "cluster"
+    wanted = run.bundle.superclass_of is not None or run.config.init_groups != "learned"
     if not wanted or ir.class_space not in run.aset:
         return
     dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
@@ -292,10 +295,27 @@ def _maybe_end_warmup(run: LearnRun) -> None:
     run.energy_ari = superclass_ari(run.bundle.superclass_of, energy)
     if run.config.init_groups == "cluster":
         init_class_assignment(run.aset, ir, labels)
+    elif run.config.init_groups == "cluster-cut":
+        _commit_cut_groups(run, labels)
     log_record(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
                "classifier_energy_ari": run.energy_ari,
                "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
                "init_groups": run.config.init_groups})
+
+
+def _commit_cut_groups(run: LearnRun, class_group) -> None:
+    """``cluster-cut``: every space committed at once to the groups that keep the most weight
+    energy around the class clusters (:mod:`splitc.learn.cut_groups`); clearing starts now."""
+    ir, scope = run.analysis.ir, run.analysis.scope
+    for space, nodes in cut_groups(run.analysis.gm, ir, scope, class_group).items():
+        onehot = torch.zeros(scope.groups_of(space), len(nodes))
+        onehot[torch.as_tensor(nodes), torch.arange(len(nodes))] = 1.0
+        schedule.commit_space(run.aset.by_space[str(space)], onehot.to(run.device), balanced=False)
+        if space not in run.frozen:
+            freeze_space(run, space)
+    run.committed = True
+    log_record(run, {"kind": "commit", "step": run.step, "init_groups": "cluster-cut",
+               "cut_energy": _cut_energy(run).get("total")})
 
 
 def _freeze_crisp_spaces(run: LearnRun) -> None:

@@ -93,20 +93,27 @@ def commit_due(step: int, regs_start: int, total: int, crisp: dict[int, float]) 
     return spent or (bool(crisp) and min(crisp.values()) >= CRISP)
 
 
-def balanced_winners(matrix: np.ndarray) -> np.ndarray:
-    """The group of each node (columns of a (G, nodes) probability matrix) that maximises the
-    summed log-probability subject to equal group sizes (``nodes % G`` groups, whichever fit
-    best, get one more): a linear assignment of nodes to group slots, where each group's
-    optional extra slot costs a constant large enough that exactly ``nodes % G`` are used."""
-    G, n = matrix.shape
+def balanced_argmax(score: np.ndarray) -> np.ndarray:
+    """The group of each node (columns of a (G, nodes) score matrix) that maximises the summed
+    score subject to equal group sizes (``nodes % G`` groups, whichever fit best, get one more):
+    a linear assignment of nodes to group slots, where each group's optional extra slot costs a
+    constant large enough that exactly ``nodes % G`` are used. Scores must span less than 1e4."""
+    G, n = score.shape
     base, extra = divmod(n, G)
     slot_group = np.concatenate([np.repeat(np.arange(G), base), np.arange(G) if extra else []]).astype(np.int64)
-    cost = -np.log(np.clip(matrix[slot_group].T, 1e-30, None))   # (nodes, slots)
-    cost[:, G * base:] += 1e4    # > one node's largest cost difference (69), so no optional slot is used in place of a free one
+    cost = -np.asarray(score, dtype=np.float64)[slot_group].T   # (nodes, slots)
+    cost[:, G * base:] += 1e4    # > one node's largest cost difference, so no optional slot is used in place of a free one
     rows, cols = linear_sum_assignment(cost)
     winners = np.empty(n, dtype=np.int64)
     winners[rows] = slot_group[cols]
     return winners
+
+
+def balanced_winners(matrix: np.ndarray) -> np.ndarray:
+    """:func:`balanced_argmax` of the log-probabilities of a (G, nodes) probability matrix: the
+    balanced groups nearest to what the assignments learned (each log clipped at 1e-30, so a
+    score spans at most 69)."""
+    return balanced_argmax(np.log(np.clip(matrix, 1e-30, None)))
 
 
 def commit_space(module: torch.nn.Module, matrix: torch.Tensor, balanced: bool = True) -> None:

@@ -1,0 +1,114 @@
+"""``--init-groups cluster-cut`` (splitc.learn.cut_groups): channel groups read off the weights
+around given class groups, committed at the end of the warm-up."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splitc.core.errors import SplitcError
+from splitc.graph.analysis import analyse
+from splitc.graph.group_tree import HardAssignment, balanced_assignment
+from splitc.graph.scope import make_spec
+from splitc.learn import schedule
+from splitc.learn.assign import AssignmentSet, cut_energy
+from splitc.learn.cut_groups import cut_groups
+from splitc.learn.loop import LearnConfig, learn
+from splitc.passes.mask import mask_inter_group
+
+
+def _onehot_set(ir, scope, hard: HardAssignment) -> AssignmentSet:
+    aset = AssignmentSet.create(ir, scope, "softmax")
+    for space, groups in hard.groups_of_space.items():
+        onehot = torch.zeros(scope.groups_of(space), len(groups))
+        onehot[torch.as_tensor(groups), torch.arange(len(groups))] = 1.0
+        schedule.commit_space(aset.by_space[str(space)], onehot, balanced=False)
+    return aset
+
+
+@pytest.mark.parametrize("model, groups, split", [("resnet20", "4", "layer3"), ("resnet20", "2", "layer2"),
+                                                  ("wrn16_8", "4", "block3")])
+def test_recovers_planted_block_structure(model: str, groups: str, split: str) -> None:
+    """Weights made block-diagonal under random balanced groups: given only the class groups,
+    the pass finds every space's groups again, so nothing lies in the cut."""
+    torch.manual_seed(0)
+    a = analyse(model, make_spec(groups, split), 20, (3, 32, 32))
+    planted = balanced_assignment(a.ir, a.scope, np.random.default_rng(1))
+    masked = mask_inter_group(a.gm, a.ir, a.scope, planted)
+    class_nodes = a.ir.node_index[np.asarray(a.ir.output_elems)]
+    classes = planted.groups_of_space[a.ir.class_space][class_nodes]
+    found = cut_groups(masked, a.ir, a.scope, classes)
+    assert set(found) == set(a.scope.level_of)
+    for space, nodes in found.items():
+        assert nodes.tolist() == planted.groups_of_space[space].tolist(), a.ir.spaces[space].name
+    assert cut_energy(masked, a.ir, a.scope, _onehot_set(a.ir, a.scope, HardAssignment(found)))["total"] < 1e-12
+
+
+def test_cuts_less_than_random_groups_on_random_weights() -> None:
+    """On unstructured weights the pass still keeps more energy inside the groups than random
+    balanced groups do (which cut about (G-1)/G), and its groups are equal."""
+    torch.manual_seed(0)
+    a = analyse("resnet20", make_spec("4", "layer3"), 20, (3, 32, 32))
+    found = cut_groups(a.gm, a.ir, a.scope, np.arange(20) % 4)
+    for nodes in found.values():
+        sizes = np.bincount(nodes, minlength=4)
+        assert sizes.max() - sizes.min() <= 1
+    ours = cut_energy(a.gm, a.ir, a.scope, _onehot_set(a.ir, a.scope, HardAssignment(found)))["total"]
+    rand = cut_energy(a.gm, a.ir, a.scope,
+                      _onehot_set(a.ir, a.scope, balanced_assignment(a.ir, a.scope, np.random.default_rng(0))))["total"]
+    assert ours < rand - 0.02, (ours, rand)
+
+
+def test_balanced_argmax_maximises_the_summed_score() -> None:
+    """Against brute force over every balanced labelling of 7 nodes into 3 groups."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    score = rng.random((3, 7))
+    got = schedule.balanced_argmax(score)
+    best = max((lab for lab in itertools.product(range(3), repeat=7)
+                if sorted(np.bincount(lab, minlength=3)) == [2, 2, 3]),
+               key=lambda lab: score[list(lab), range(7)].sum())
+    assert score[got, range(7)].sum() == pytest.approx(score[list(best), range(7)].sum())
+
+
+def test_hierarchical_scope_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = LearnConfig(model="resnet20", data="synthetic:tiny", groups="2,4", split_from="layer2,layer3", max_steps=2,
+                         init_groups="cluster-cut", out=str(tmp_path / "r"))
+    with pytest.raises(SplitcError, match="one-level") as exc:
+        learn(config, progress=False)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("changes, match", [({"assign": "random"}, "needs learned"),
+                                            ({"commit": False}, "--no-commit")])
+def test_conflicting_options(tmp_path: Path, changes: dict, match: str) -> None:
+    config = LearnConfig(model="resnet20", data="synthetic:tiny", max_steps=2, init_groups="cluster-cut",
+                         out=str(tmp_path / "r"), **changes)
+    with pytest.raises(SplitcError, match=match):
+        learn(config, progress=False)
+
+
+def test_run_commits_the_feature_clustering_at_the_end_of_warmup(tmp_path: Path) -> None:
+    """A tiny run: the commit record comes at the warm-up's end, every space is frozen with
+    equal groups, and the class map is the feature clustering (superclass ARI = feature ARI)."""
+    config = LearnConfig(model="resnet20", data="synthetic:fast", groups="4", split_from="layer3", max_steps=8,
+                         warmup="fixed", warmup_epochs=0.04, batch_size=16, log_every=1,
+                         init_groups="cluster-cut", out=str(tmp_path / "r"))
+    result = learn(config, progress=False)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    commit = next(r for r in records if r["kind"] == "commit")
+    warm = next(r for r in records if r["kind"] == "warmup_end")
+    assert commit["step"] == warm["step"] == 3 and commit["init_groups"] == "cluster-cut"
+    doc = json.loads((result.run_dir / "assignment.json").read_text())
+    assert doc["class_groups"] == doc["feature_groups"] and doc["committed"]
+    assert result.superclass_ari == pytest.approx(result.feature_ari)
+    for space in doc["spaces"]:
+        assert space["frozen"] and max(space["group_sizes"]) - min(space["group_sizes"]) <= 1
+    resumed = learn(replace(config, max_steps=10, resume=True), progress=False)   # resumes committed
+    assert json.loads((resumed.run_dir / "assignment.json").read_text())["class_groups"] == doc["class_groups"]
