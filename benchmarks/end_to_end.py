@@ -8,9 +8,12 @@ Rows (``--rows`` takes a comma list of their keys):
 
 - ``baseline``: a plain resnet20 trained for learn + finetune epochs (no assignments);
 - ``default``: SplitNet with ``splitc learn``'s defaults, then ``split`` and ``finetune``;
+- ``learned``: the learned map (``--init-groups learned``), committed to balanced groups once decided;
 - ``paper``: SplitNet with the paper's fully learned map (assignments trained to the last step,
   argmax harden: ``--no-commit``);
 - ``cluster``: the default with ``--init-groups cluster`` (class groups from the warmed-up features);
+- ``cut``: ``--init-groups cluster-cut`` (that clustering is the class map, channels placed by the
+  trained weights, all committed at the end of the warm-up);
 - ``random``: SplitNet-Random (``--assign random``, a fixed random balanced assignment);
 - ``pruned`` and ``narrow``: non-split anchors at the split's params (``benchmarks/anchors.py``).
 
@@ -42,6 +45,7 @@ from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
 from splitc.compile.finetune import FinetuneConfig, finetune
 from splitc.learn.loop import LearnConfig, learn
+from splitc.learn.optim import lr_ramp_steps
 from splitc.graph.scope import make_spec
 from splitc.compile.split_dir import load_split
 from splitc.compile.split_run import run_split
@@ -53,13 +57,13 @@ def fit_plain(model: torch.nn.Module, bundle, epochs: int, batch_size: int, lr: 
               on_epoch: Callable[[int], None] | None = None, progress: bool = True) -> None:
     """Plain training: SGD (momentum 0.9, Nesterov), weight decay 1e-4, cosine over all steps.
 
-    Learn's optimiser without its assignments, Nesterov momentum and a half-epoch linear lr
-    warm-up (torch's LinearLR, then CosineAnnealingLR);
+    Learn's optimiser without its assignments, Nesterov momentum and learn's linear lr
+    warm-up (half an epoch, at least 150 steps: torch's LinearLR, then CosineAnnealingLR);
     ``on_epoch(e)`` runs after each epoch ``e`` (1-based), for probes that watch the features form.
     """
     steps_per_epoch = max(1, len(bundle.train) // batch_size)
     total = epochs * steps_per_epoch
-    ramp = max(1, min(total - 1, steps_per_epoch // 2))   # without it resnet20 sat at chance on families
+    ramp = max(1, lr_ramp_steps(0.5, steps_per_epoch, total))   # learn's rule: without it resnet20 sat at chance on families
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
     sched = torch.optim.lr_scheduler
     schedule = sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, 1.0 / ramp, 1.0, ramp),
@@ -118,8 +122,10 @@ def split_net(args: argparse.Namespace, key: str, changes: dict, seed: int, prog
 ROWS: dict[str, tuple[str, dict | None]] = {
     "baseline": ("baseline (plain resnet20)", None),
     "default": ("SplitNet (splitc's default)", {}),
-    "paper": ("SplitNet (paper: learned map, --no-commit)", {"commit": False}),
+    "learned": ("SplitNet (learned map, committed balanced)", {"init_groups": "learned"}),
+    "paper": ("SplitNet (paper: learned map, --no-commit)", {"init_groups": "learned", "commit": False}),
     "cluster": ("SplitNet (--init-groups cluster)", {"init_groups": "cluster"}),
+    "cut": ("SplitNet (--init-groups cluster-cut)", {"init_groups": "cluster-cut"}),
     "random": ("SplitNet-Random (--assign random)", {"assign": "random"}),
     "pruned": ("pruned to the split's params (Torch-Pruning)", None),
     "narrow": ("narrow resnet20 at the split's params", None),
@@ -175,7 +181,7 @@ def summarise(runs: list[dict], keys: list[str]) -> list[dict]:
         out.append({"key": key, "method": mine[0]["method"], "seeds": len(mine), "params": done[0]["params"],
                     "flops": done[0]["flops"], "failed": [r["error"] for r in mine if r.get("error")],
                     "val_acc": stat("val_acc"),
-                    "split_before": stat("split_val_acc_before_finetune"), "ari": stat("superclass_ari"),
+                    "split_before": stat("split_val_acc_before_finetune"), "ari": stat("superclass_ari"), "feature_ari": stat("feature_ari"),
                     "seconds": statistics.fmean(r["seconds"] for r in mine)})
     return out
 
@@ -218,9 +224,9 @@ def main() -> None:
           f"({time.perf_counter() - started:.0f} s)")
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
     print(table(["method", "params", "FLOPs", "val acc (mean ± std)", "split acc before finetune",
-                 "superclass ARI", "runs failed", "seconds per run"],
+                 "superclass ARI", "feature ARI", "runs failed", "seconds per run"],
                 [[r["method"], human(r["params"]) if r["params"] else "", human(r["flops"]) if r["flops"] else "",
-                  ms(r["val_acc"]), ms(r["split_before"]), ms(r["ari"]), f"{len(r['failed'])}/{r['seeds']}",
+                  ms(r["val_acc"]), ms(r["split_before"]), ms(r["ari"]), ms(r["feature_ari"]), f"{len(r['failed'])}/{r['seeds']}",
                   f"{r['seconds']:.0f}"] for r in rows]))
     for r in rows:
         for error in r["failed"]:

@@ -145,7 +145,8 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
                    "probabilities, equal branches) or argmax (each node's most likely group, the paper's harden).")
 @click.option("--soft-epochs", type=NON_NEGATIVE, default=None,
               help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
-@click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up.")
+@click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up (default 0.5 epochs, at least 150 steps, at most a "
+                   "quarter of the run; 0 turns it off).")
 @click.option("--epochs", type=AT_LEAST_ONE, default=None,
               help="Default: 10, and at least 1500 steps on a small data set.")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")

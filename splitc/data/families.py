@@ -88,11 +88,11 @@ SUPERCLASS_NAMES = FAMILIES
 TRAITS: dict[str, tuple[float, ...]] = {
     "polygon": (3, 4, 5, 6, 8),                 # corners
     "ellipse": (1.6, 1.85, 2.15, 2.5, 2.9),     # aspect ratio
-    "cluster": (3, 4, 5, 6, 7),                 # blobs
-    "arcs": (2, 3, 4, 5, 6),                    # gaps
-    "pinwheel": (4, 5, 6, 7, 8),                # blades
-    "grating": (3.0, 3.45, 4.0, 4.6, 5.3),      # period, px
-    "lattice": (3.4, 3.9, 4.5, 5.2, 6.0),       # lattice period, px (dot radius 0.36x)
+    "cluster": (4, 5, 6, 7, 8),                 # blobs
+    "arcs": (3, 4, 5, 6, 7),                    # gaps
+    "pinwheel": (6, 7, 8, 9, 10),               # blades
+    "grating": (3.0, 3.27, 3.56, 3.88, 4.23),   # period, px (ratio 1.09)
+    "lattice": (3.4, 3.7, 4.03, 4.4, 4.8),      # lattice period, px (dot radius 0.36x)
     "grain": (1.3, 1.8, 2.5, 3.5, 4.9),         # block size, px
 }
 _UNIT = {"polygon": "corners", "ellipse": "aspect", "cluster": "blobs", "arcs": "gaps",
@@ -101,7 +101,7 @@ CLASS_NAMES: tuple[str, ...] = tuple(
     f"{fam}_{_UNIT[fam]}{'%g' % t}" for fam in FAMILIES for t in TRAITS[fam])
 SUPERCLASS_OF: tuple[int, ...] = tuple(c // CLASSES_PER_SUPERCLASS for c in range(NUM_CLASSES))
 # (train, val) images per class for each ``synthetic:families[-<size>]`` variant.
-SIZES: dict[str, tuple[int, int]] = {"default": (300, 100), "fast": (40, 15), "tiny": (6, 3)}
+SIZES: dict[str, tuple[int, int]] = {"default": (150, 100), "fast": (40, 15), "tiny": (6, 3)}
 
 Array = np.ndarray
 Renderer = Callable[[np.random.Generator, int], Array]  # -> (n, S, S) mask in [0, 1]
@@ -137,8 +137,8 @@ def _radius(rng: np.random.Generator, n: int) -> Array:
 
 
 def _jitter(rng: np.random.Generator, n: int, value: float) -> Array:
-    """A texture's trait value with a +-5% per-image jitter."""
-    return value * _u(rng, n, 0.95, 1.05)
+    """A texture's trait value with a +-3% per-image jitter."""
+    return value * _u(rng, n, 0.97, 1.03)
 
 
 # --- solid shapes ---------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from splitc.learn.groups import (
     superclass_ari,
 )
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
-from splitc.learn.optim import disjoint_weight, make_optimizers, schedule_at
+from splitc.learn.optim import disjoint_weight, lr_ramp_steps, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
@@ -134,7 +134,7 @@ def _epoch_loader(run: LearnRun, epoch: int, skip: int) -> DataLoader:
 def _train(run: LearnRun, progress: bool) -> None:
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not progress, desc="learn",
                dynamic_ncols=True)
-    ramp = round(run.config.lr_warmup_epochs * run.steps_per_epoch)
+    ramp = lr_ramp_steps(run.config.lr_warmup_epochs, run.steps_per_epoch, run.total_steps)
     run.scheduler = schedule_at(run.optimizers["weights"], run.config.lr, run.config.schedule, run.total_steps, run.step, ramp)
     with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
         _maybe_end_warmup(run)
