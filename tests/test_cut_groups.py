@@ -112,3 +112,16 @@ def test_run_commits_the_feature_clustering_at_the_end_of_warmup(tmp_path: Path)
         assert space["frozen"] and max(space["group_sizes"]) - min(space["group_sizes"]) <= 1
     resumed = learn(replace(config, max_steps=10, resume=True), progress=False)   # resumes committed
     assert json.loads((resumed.run_dir / "assignment.json").read_text())["class_groups"] == doc["class_groups"]
+
+
+def test_default_grouping_resolves_where_it_applies(monkeypatch) -> None:
+    """An unset --init-groups takes the default where it applies; a hierarchy, --no-commit and
+    SplitNet-Random fall back to the learned map; a given value is kept."""
+    from splitc.learn import config as cfg
+
+    monkeypatch.setattr(cfg, "DEFAULT_INIT_GROUPS", "cluster-cut")
+    assert cfg.default_init_groups(LearnConfig(), 1) == "cluster-cut"
+    assert cfg.default_init_groups(LearnConfig(), 2) == "learned"
+    assert cfg.default_init_groups(LearnConfig(commit=False), 1) == "learned"
+    assert cfg.default_init_groups(LearnConfig(assign="random"), 1) == "learned"
+    assert cfg.default_init_groups(LearnConfig(init_groups="cluster"), 1) == "cluster"

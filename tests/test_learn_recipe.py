@@ -159,3 +159,14 @@ def test_clearing_boosts_rw_only_while_the_cut_stalls() -> None:
     assert schedule.next_rw_scale(4.0, 0.005, 0.009) == 4.0    # below target: unchanged
     assert schedule.next_rw_scale(64.0, 0.3, 0.3) == schedule.RW_BOOST_MAX
     assert schedule.next_rw_scale(1.0, 0.3, None) == 1.0
+
+
+def test_lr_warmup_has_a_floor_in_steps() -> None:
+    """Half an epoch, but at least 150 steps (47 left resnet20 at chance on families) and at most
+    a quarter of the run; 0 epochs turns it off."""
+    from splitc.learn.optim import MIN_LR_WARMUP_STEPS, lr_ramp_steps
+
+    assert lr_ramp_steps(0.5, 93, 930) == MIN_LR_WARMUP_STEPS == 150
+    assert lr_ramp_steps(0.5, 400, 4000) == 200        # half an epoch when that is longer
+    assert lr_ramp_steps(0.5, 75, 8) == 2              # a tiny run: a quarter of it
+    assert lr_ramp_steps(0.0, 93, 930) == 0

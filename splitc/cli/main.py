@@ -183,7 +183,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
     result = run_learn(config, progress=not as_json)
     summary = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
                "train_acc": result.train_acc, "val_acc": result.val_acc,
-               "group_sizes": result.group_sizes, "superclass_ari": result.superclass_ari,
+               "group_sizes": result.group_sizes, "init_groups": result.init_groups,
+               "superclass_ari": result.superclass_ari,
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
                "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps,
                "learned": result.learned, "warnings": list(result.warnings)}

@@ -23,6 +23,8 @@ REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap
 #   weights around it (splitc.learn.cut_groups) and committed at once (the authors' ImageNet
 #   code also clustered the classes first).
 INIT_GROUPS = ("learned", "cluster", "cluster-cut")
+# What --init-groups means when not given, where it applies (see default_init_groups).
+DEFAULT_INIT_GROUPS = "learned"
 COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
 DEFAULT_GROUPS = "4"
@@ -40,7 +42,7 @@ class LearnConfig:
     preset: str | None = None
     input_size: tuple[int, int, int] | None = None
     assign: str = "softmax"
-    init_groups: str = "learned"    # or "cluster": class groups from the warmed-up features
+    init_groups: str | None = None  # None: default_init_groups (INIT_GROUPS says what each does)
     gamma_w: float = 1.0
     gamma_d: float = 1.0
     gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
@@ -92,6 +94,7 @@ class LearnResult:
     masked_val_acc: float | None = None  # accuracy with inter-group weights zeroed: the split's start
     learned: bool = True             # validation accuracy cleared chance (learn_health)
     warnings: tuple[str, ...] = ()   # one line each, already printed during the run
+    init_groups: str | None = None   # how the groups were found (the default resolved)
 
 
 def check_config(config: LearnConfig) -> None:
@@ -110,7 +113,7 @@ def check_config(config: LearnConfig) -> None:
     check_numbers(config)
     if config.warmup not in ("adaptive", "fixed"):
         raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
-    if config.init_groups not in INIT_GROUPS:
+    if config.init_groups is not None and config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
     if config.nproc < 1:
         raise SplitcError(f"--nproc must be at least 1, got {config.nproc}.")
@@ -119,12 +122,23 @@ def check_config(config: LearnConfig) -> None:
                           f"{torch.cuda.device_count()} are visible. Use fewer ranks or --device cpu.")
     if config.commit_groups not in COMMIT_GROUPS:
         raise SplitcError(f"unknown --commit-groups {config.commit_groups!r}; choose {', '.join(COMMIT_GROUPS)}.")
-    if config.init_groups != "learned" and config.assign == "random":
+    if config.init_groups not in (None, "learned") and config.assign == "random":
         raise SplitcError(f"--init-groups {config.init_groups} needs learned assignments; drop it or use "
                           "--assign softmax / reduced-gradient.")
     if config.init_groups == "cluster-cut" and not config.commit:
         raise SplitcError("--init-groups cluster-cut commits its groups at the end of the warm-up; "
                           "drop --no-commit, or use --init-groups learned for the paper's schedule.")
+
+
+def default_init_groups(config: LearnConfig, levels: int) -> str:
+    """``--init-groups`` as given, else :data:`DEFAULT_INIT_GROUPS` where it applies, else
+    ``learned``: ``cluster-cut`` places one level of groups and commits them, so a hierarchy
+    (``levels > 1``), ``--no-commit`` (the paper's schedule) and SplitNet-Random keep ``learned``."""
+    if config.init_groups is not None:
+        return config.init_groups
+    if DEFAULT_INIT_GROUPS == "cluster-cut" and (levels > 1 or not config.commit or config.assign == "random"):
+        return "learned"
+    return DEFAULT_INIT_GROUPS
 
 
 def check_numbers(config: LearnConfig) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the 
     LearnConfig,
     LearnResult,
     check_config,
+    default_init_groups,
 )
 from splitc.learn.cut_groups import check_flat, cut_groups
 from splitc.learn.groups import (
@@ -104,6 +106,7 @@ def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
                        flip=config.flip)
     spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
     analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size)
+    config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
     if config.init_groups == "cluster-cut":
         check_flat(analysis.scope)
     device = torch.device(config.device)
@@ -381,4 +384,5 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
         atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
-                       run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings))
+                       run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings),
+                       run.config.init_groups)
