@@ -125,3 +125,17 @@ def test_default_grouping_resolves_where_it_applies(monkeypatch) -> None:
     assert cfg.default_init_groups(LearnConfig(commit=False), 1) == "learned"
     assert cfg.default_init_groups(LearnConfig(assign="random"), 1) == "learned"
     assert cfg.default_init_groups(LearnConfig(init_groups="cluster"), 1) == "cluster"
+
+
+def test_cli_default_is_cluster_cut_for_one_level(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from splitc.cli.main import main
+
+    args = ["learn", "resnet20", "--data", "synthetic:fast", "--max-steps", "4", "--warmup-epochs", "0.02",
+            "--warmup", "fixed", "--out", str(tmp_path / "r"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["init_groups"] == "cluster-cut"
+    assert summary["superclass_ari"] == pytest.approx(summary["feature_ari"])

@@ -375,12 +375,10 @@ ACCEPTANCE = ["learn", "resnet20", "--data", "synthetic", "--groups", "4", "--sp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 3 acceptance 3 is blocked: R_W sees a class only through its squared "
-                          "classifier weights, which do not cluster by superclass on this data "
-                          "(README, Semantic grouping; benchmarks/grouping_signal.py)", strict=False)
 def test_acceptance_semantic_grouping(tmp_path: Path) -> None:
-    """Issue 3, acceptance 3 (the README's command): the learned class groups are the synthetic
-    superclasses (ARI >= 0.9, and no worse than the feature clustering's) within 10 minutes."""
+    """Issue 3 acceptance 3 and issue 13 acceptance 2 (the README's command, the default grouping):
+    the class groups are the synthetic superclasses (ARI >= 0.9, and no worse than the feature
+    clustering's) within 10 minutes."""
     import subprocess
     import sys
     import time
@@ -399,7 +397,7 @@ def test_acceptance_semantic_grouping(tmp_path: Path) -> None:
 def test_commit_fixes_balanced_groups_by_default(tmp_path: Path) -> None:
     """A run that commits ends with equal groups in every channel space (one more channel at
     most), and its committed records say the commit happened; argmax may leave them unequal."""
-    result = run(tmp_path, "committed", commit=True, max_steps=8)
+    result = run(tmp_path, "committed", commit=True, init_groups="learned", max_steps=8)
     assert any(m["kind"] == "commit" for m in metrics(result.run_dir))
     doc = json.loads((result.run_dir / "assignment.json").read_text())
     spaces = [s for s in doc["spaces"] if s["name"] != "fc"]

@@ -115,11 +115,12 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--assign", type=click.Choice(["softmax", "reduced-gradient", "random"]), default="softmax",
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
 @click.option("--init-groups", type=click.Choice(["learned", "cluster", "cluster-cut"]), default=None,  # learn.config.INIT_GROUPS
-              help="How the groups are found. learned (default): the paper's, every map trained by the "
-                   "regularizers from a uniform start; cluster: the class map starts from a balanced "
-                   "spectral clustering of the warmed-up class-mean features; cluster-cut: that "
-                   "clustering is the class map and every channel goes to the group its trained "
-                   "weights serve most, all fixed at the end of the warm-up (one-level splits).")
+              help="How the groups are found. cluster-cut (the default for one-level splits): the class "
+                   "map is a balanced spectral clustering of the warmed-up class-mean features and "
+                   "every channel goes to the group its trained weights serve most, all fixed at the "
+                   "end of the warm-up. learned (the paper's, and the default for hierarchies, "
+                   "--no-commit and --assign random): every map trained by the regularizers from a "
+                   "uniform start. cluster: the learned map started from that clustering.")
 @click.option("--gamma-w", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_W (0 turns it off).")
 @click.option("--gamma-d", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_D at its start.")
 @click.option("--gamma-e", type=NON_NEGATIVE, default=10.0, show_default=True, help="Weight of R_E.")

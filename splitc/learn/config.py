@@ -23,8 +23,9 @@ REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap
 #   weights around it (splitc.learn.cut_groups) and committed at once (the authors' ImageNet
 #   code also clustered the classes first).
 INIT_GROUPS = ("learned", "cluster", "cluster-cut")
-# What --init-groups means when not given, where it applies (see default_init_groups).
-DEFAULT_INIT_GROUPS = "learned"
+# What --init-groups means when not given, where it applies (see default_init_groups): chosen by
+# the end-to-end table on synthetic:families (docs/LEARN.md, "Which grouping").
+DEFAULT_INIT_GROUPS = "cluster-cut"
 COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
 DEFAULT_GROUPS = "4"
