@@ -36,7 +36,7 @@ from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment
 
 ASSIGNMENT_KINDS = ("softmax", "reduced-gradient", "random")
 # Layer kinds whose weights the split cuts, so R_W applies (METHOD.md §4).
-_CUT_KINDS = ("block-diagonal", "mixed")
+CUT_KINDS = ("block-diagonal", "mixed")
 
 
 class FixedAssignment(nn.Module):
@@ -170,7 +170,7 @@ def _cut_operands(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: Assig
     trunk channels, e.g. a DenseNet concat) keeps its shared inputs in every branch, so only its
     in-scope input columns can be cut: W is that sub-matrix.
     """
-    if layer_kind(ir, scope, layer) not in _CUT_KINDS:
+    if layer_kind(ir, scope, layer) not in CUT_KINDS:
         return None
     level = layer_level(ir, scope, layer)
     W = gm.get_submodule(layer.name).weight

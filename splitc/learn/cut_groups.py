@@ -30,10 +30,10 @@ import torch
 from splitc.core.errors import SplitcError
 from splitc.graph.channel_ir import ChannelIR, WeightLayer
 from splitc.graph.scope import Scope, layer_kind
+from splitc.learn.assign import CUT_KINDS
+from splitc.learn.groups import class_nodes
 from splitc.learn.regularizers import weight_energy_matrix
 from splitc.learn.schedule import balanced_argmax
-
-_CUT_KINDS = ("block-diagonal", "mixed")
 
 
 def check_flat(scope: Scope) -> None:
@@ -48,14 +48,13 @@ def cut_groups(gm: torch.nn.Module, ir: ChannelIR, scope: Scope, class_group: np
     """``space -> group of each node`` for every space in scope; ``class_group`` is the group of
     each class (class order). Raises :class:`SplitcError` on a hierarchical scope."""
     check_flat(scope)
-    class_nodes = ir.node_index[np.asarray(ir.output_elems)]
     placed: dict[int, np.ndarray] = {}
     if ir.class_space in scope.level_of:
         groups = np.zeros(ir.spaces[ir.class_space].num_nodes, dtype=np.int64)
-        groups[class_nodes] = np.asarray(class_group, dtype=np.int64)
+        groups[class_nodes(ir)] = np.asarray(class_group, dtype=np.int64)
         placed[ir.class_space] = groups
     G = scope.groups[0]
-    layers = [(layer, _energy(gm, layer)) for layer in ir.layers if layer_kind(ir, scope, layer) in _CUT_KINDS]
+    layers = [(layer, _energy(gm, layer)) for layer in ir.layers if layer_kind(ir, scope, layer) in CUT_KINDS]
     pending = [s for s in sorted(scope.level_of) if s not in placed]
     while pending:
         scores = {s: np.zeros((G, ir.spaces[s].num_nodes)) for s in pending}
