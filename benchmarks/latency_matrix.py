@@ -5,7 +5,9 @@ does not depend on the values), exported with the one-device lowering, then, sid
 one process and interleaved, ONNX Runtime sessions of the unsplit masked model, the fused
 branch graph, the lowered graph (grouped convolutions where export measured them faster) and,
 with ``--sessions``, one session per subgraph on ``cpu,cpu``. Prints the latency ratios at
-batch 1 and 32 next to the FLOPs ratio; asserts nothing.
+batch 1 and 32 next to the FLOPs ratio and, at batch 32, the ratio the lowered graph would reach
+with perfect grouped kernels (``limit``) and how far its grouped convs are from their FLOPs
+share (``kernel``; ``splitc/deploy/kernel_limit.py``); asserts nothing.
 
     python benchmarks/latency_matrix.py [--rows resnet20-g2,...] [--devices cpu] [--reps 20]
         [--json-out docs/latency_matrix.jsonl]
@@ -27,6 +29,7 @@ from splitc.compile.split_run import random_split
 from splitc.core.tables import table
 from splitc.deploy import runtime
 from splitc.deploy.export import export_split
+from splitc.deploy.kernel_limit import kernel_limit
 from splitc.deploy.lowering import median_ms
 from splitc.deploy.manifest import read_manifest
 from splitc.graph.scope import ScopeSpec, make_spec
@@ -78,6 +81,8 @@ def one_row(name: str, args: argparse.Namespace, work: Path) -> dict:
         row[f"ratio_b{batch}"] = round(chosen / ms["unsplit"], 3)
     for p in pipes.values():
         p.close()
+    limit = kernel_limit(folder / "onnx", batch=32)
+    row["limit_b32"], row["kernel_b32"] = limit["limit"], limit["kernel"]
     return row
 
 
@@ -102,7 +107,8 @@ def main() -> None:
         if args.json_out:
             with open(args.json_out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-    keys = ["row", "flops_ratio", "chosen", "ratio_b1", "ratio_b32", "fused_ratio_b32", "lowered_ratio_b32",
+    keys = ["row", "flops_ratio", "chosen", "ratio_b1", "ratio_b32", "limit_b32", "kernel_b32", "fused_ratio_b32",
+            "lowered_ratio_b32",
             "fused_ratio_b1", "lowered_ratio_b1"] + (["sessions_ratio_b32"] if args.sessions else [])
     print(table(keys, [[f"{r.get(k):.3f}" if isinstance(r.get(k), float) else r.get(k, "-") for k in keys]
                        for r in rows]))

@@ -199,3 +199,31 @@ def test_padding_equals_the_split_or_says_why_not(name: str, tmp_path: Path) -> 
         assert why and candidates == []
     else:
         assert max_error(dense.module(padded), loaded.model, loaded.input_size) < 1e-5
+
+
+def test_kernel_limit_profiles_every_grouped_conv(split: Path, tmp_path: Path) -> None:
+    """The perfect-kernel limit finds each lowered conv in ONNX Runtime's profile by name."""
+    from splitc.deploy.kernel_limit import kernel_limit
+
+    manifest, _ = export_split(split, tmp_path / "onnx", "cpu", lower="always")
+    result = kernel_limit(tmp_path / "onnx", batch=4, reps=5, threads=1)
+    assert result["unmatched"] == 0 and result["grouped"] == len(manifest.lowering["layers"]) > 0
+    assert 0 < result["limit"] < 1 and result["kernel"] > 0
+    # the limit charges only the grouped convs, each at least 1/k of its dense time: never below FLOPs
+    assert result["limit"] >= manifest.fused.flops / manifest.unsplit.flops - 0.05
+
+
+def test_kernel_limit_without_a_lowered_graph_says_why(split: Path, tmp_path: Path) -> None:
+    from splitc.deploy.kernel_limit import kernel_limit
+
+    export_split(split, tmp_path / "onnx", "cpu", lower=False)
+    result = kernel_limit(tmp_path / "onnx")
+    assert result["limit"] is None and "no lowered graph" in result["reason"]
+
+
+def test_slower_than_flops_is_one_line() -> None:
+    from splitc.deploy.kernel_limit import LATENCY_SLACK, slower_than_flops
+
+    assert slower_than_flops(0.80 + LATENCY_SLACK, 0.80) is None
+    warning = slower_than_flops(0.91, 0.78)
+    assert warning and "\n" not in warning and "0.91" in warning and "--limit" in warning

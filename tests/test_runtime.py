@@ -194,7 +194,7 @@ def test_run_raw_arrays(tiny, tmp_path: Path) -> None:  # noqa: F811
 def test_bench_json(tiny) -> None:  # noqa: F811
     result = cli("bench", tiny[1], "--batch-size", "2", "--warmup", "1", "--reps", "3", "--json")
     assert result.exit_code == 0, result.output
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)  # a slower-than-FLOPs warning goes to stderr
     assert set(r) == {"split_ms", "unsplit_ms", "ratio", "flops_ratio", "batch_size", "devices"}
     assert r["batch_size"] == 2 and r["devices"] == ["cpu"] and 0 < r["flops_ratio"] < 1
     assert r["ratio"] == pytest.approx(r["split_ms"] / r["unsplit_ms"])
@@ -225,3 +225,17 @@ def test_io_binding_path_gives_the_same_logits(tiny) -> None:  # noqa: F811
     got, want = bound([x])[0], plain([x])[0]
     assert isinstance(got, torch.Tensor) and got.shape == (3, 20)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_says_when_the_split_saves_less_time_than_flops(tiny, monkeypatch) -> None:  # noqa: F811
+    """A ratio above FLOPs + 0.05 is one warning line; --limit reports why there is no limit on
+    an artifact exported without the lowering."""
+    from splitc.deploy import runtime as rt
+
+    real = rt.bench
+    monkeypatch.setattr(rt, "bench", lambda *a, **k: {**real(*a, **k), "ratio": 2.0})
+    result = cli("bench", tiny[1], "--batch-size", "2", "--warmup", "0", "--reps", "1", "--limit", "--json")
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2.00 of the unsplit model's time" in warnings[0]
+    report = json.loads(result.stdout)
+    assert report["kernel_limit"]["limit"] is None and "no lowered graph" in report["kernel_limit"]["reason"]

@@ -130,15 +130,23 @@ def run_array(pipe, input_npy: str, output_npy: str | None, batch_size: int) -> 
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--reps", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--devices", default=None, help=f"Override the manifest's placement: {DEVICES_HELP}.")
+@click.option("--limit", is_flag=True, help="Also profile the lowered graph: the ratio a perfect grouped "
+              "kernel would reach on this CPU (`limit`) and how far the grouped kernels are from it (`kernel`).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(art_dir: str, batch_size: int, warmup: int, reps: int, devices, as_json: bool) -> None:
+def bench(art_dir: str, batch_size: int, warmup: int, reps: int, devices, limit: bool, as_json: bool) -> None:
     """Time the split pipeline against the unsplit model, interleaved in one process."""
+    from splitc.deploy.kernel_limit import kernel_limit, slower_than_flops
     from splitc.deploy.runtime import bench as run_bench
 
     r = run_bench(art_dir, batch_size, devices, warmup, reps, progress=not as_json)
+    if limit:
+        r["kernel_limit"] = kernel_limit(Path(art_dir), batch_size)
+    warning = slower_than_flops(r["ratio"], r["flops_ratio"])
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        keys = ("split_ms", "unsplit_ms", "ratio", "flops_ratio", "batch_size", "devices")
-        click.echo(json.dumps({k: r[k] for k in keys}))
+        keys = ("split_ms", "unsplit_ms", "ratio", "flops_ratio", "batch_size", "devices", "kernel_limit")
+        click.echo(json.dumps({k: r[k] for k in keys if k in r}))
         return
     from splitc.core.tables import table
 
@@ -147,6 +155,11 @@ def bench(art_dir: str, batch_size: int, warmup: int, reps: int, devices, as_jso
         ["unsplit", f"{r['unsplit_ms']:.2f}", f"{r['unsplit_per_s']:.1f}"]]))
     click.echo(f"ratio split/unsplit {r['ratio']:.3f} (FLOPs ratio {r['flops_ratio']:.3f}); batch {batch_size}, "
                f"{r['strategy']}, {warmup} warm-up + {reps} interleaved repetitions")
+    if limit:
+        k = r["kernel_limit"]
+        click.echo(f"perfect grouped kernels would reach {k['limit']:.3f}; the grouped convs run at {k['kernel']:.2f}x "
+                   "their FLOPs share of the dense conv" if k["limit"] is not None and k["kernel"] is not None
+                   else f"no kernel limit: {k.get('reason', 'no conv of the lowered graph is grouped')}")
 
 
 def register(group: click.Group) -> None:
