@@ -25,14 +25,13 @@ from splitc.passes.mask import mask_inter_group
 def _onehot_set(ir, scope, hard: HardAssignment) -> AssignmentSet:
     aset = AssignmentSet.create(ir, scope, "softmax")
     for space, groups in hard.groups_of_space.items():
-        onehot = torch.zeros(scope.groups_of(space), len(groups))
-        onehot[torch.as_tensor(groups), torch.arange(len(groups))] = 1.0
-        schedule.commit_space(aset.by_space[str(space)], onehot, balanced=False)
+        schedule.commit_groups(aset.by_space[str(space)], groups, scope.groups_of(space))
     return aset
 
 
 @pytest.mark.parametrize("model, groups, split", [("resnet20", "4", "layer3"), ("resnet20", "2", "layer2"),
-                                                  ("wrn16_8", "4", "block3")])
+                                                  ("wrn16_8", "4", "block3"),
+                                                  ("densenet121", "2", "features.denseblock4")])
 def test_recovers_planted_block_structure(model: str, groups: str, split: str) -> None:
     """Weights made block-diagonal under random balanced groups: given only the class groups,
     the pass finds every space's groups again, so nothing lies in the cut."""

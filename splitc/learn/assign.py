@@ -160,26 +160,34 @@ def dense_conv_weight(W: Tensor, conv_groups: int) -> Tensor:
     return ConvLayout(W.shape[0], W.shape[1] * conv_groups, conv_groups).to_dense(W)
 
 
-def _cut_operands(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
-                  layer: WeightLayer) -> tuple[Tensor, Tensor, Tensor, int] | None:
-    """``(W, P, Q, conv_groups)`` of a layer the split cuts, or None when its kind loses no
-    weights (output-partitioned, trunk).
-
-    P is read per input *index* (``layer.in_elems``), so a linear after a flatten sees each
-    channel's assignment repeated over its H·W features. A ``mixed`` layer (some inputs shared
-    trunk channels, e.g. a DenseNet concat) keeps its shared inputs in every branch, so only its
-    in-scope input columns can be cut: W is that sub-matrix.
-    """
+def cut_weight(gm: nn.Module, ir: ChannelIR, scope: Scope, layer: WeightLayer
+               ) -> tuple[Tensor, np.ndarray, int] | None:
+    """``(W, in_elems, conv_groups)``: the weight the split can cut in ``layer`` and the input
+    elements its columns read, or None when its kind loses no weights (output-partitioned, trunk).
+    A ``mixed`` layer (some inputs shared trunk channels, e.g. a DenseNet concat) keeps its shared
+    inputs in every branch, so only its in-scope input columns can be cut: W is that sub-matrix."""
     if layer_kind(ir, scope, layer) not in CUT_KINDS:
         return None
-    level = layer_level(ir, scope, layer)
     W = gm.get_submodule(layer.name).weight
     inside = np.isin(ir.space_of[layer.in_elems], list(scope.level_of))
-    groups = layer.conv_groups
-    if not inside.all():
-        W = dense_conv_weight(W, groups)[:, torch.as_tensor(np.flatnonzero(inside), dtype=torch.long)]
-        groups = 1
-    P = assignments.channel_matrix(layer.in_elems[inside], level)
+    if inside.all():
+        return W, layer.in_elems, layer.conv_groups
+    W = dense_conv_weight(W, layer.conv_groups)[:, torch.as_tensor(np.flatnonzero(inside), dtype=torch.long)]
+    return W, layer.in_elems[inside], 1
+
+
+def _cut_operands(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
+                  layer: WeightLayer) -> tuple[Tensor, Tensor, Tensor, int] | None:
+    """``(W, P, Q, conv_groups)`` of a layer the split cuts (:func:`cut_weight`), or None.
+
+    P is read per input *index* (``layer.in_elems``), so a linear after a flatten sees each
+    channel's assignment repeated over its H·W features."""
+    cut = cut_weight(gm, ir, scope, layer)
+    if cut is None:
+        return None
+    W, in_elems, groups = cut
+    level = layer_level(ir, scope, layer)
+    P = assignments.channel_matrix(in_elems, level)
     Q = assignments.channel_matrix(layer.out_elems, level)
     return W, P.to(W.device), Q.to(W.device), groups
 

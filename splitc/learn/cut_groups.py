@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from splitc.core.errors import SplitcError
-from splitc.graph.channel_ir import ChannelIR, WeightLayer
-from splitc.graph.scope import Scope, layer_kind
-from splitc.learn.assign import CUT_KINDS
+from splitc.graph.channel_ir import ChannelIR
+from splitc.graph.scope import Scope
+from splitc.learn.assign import cut_weight
 from splitc.learn.groups import class_nodes
 from splitc.learn.regularizers import weight_energy_matrix
 from splitc.learn.schedule import balanced_argmax
@@ -54,13 +54,13 @@ def cut_groups(gm: torch.nn.Module, ir: ChannelIR, scope: Scope, class_group: np
         groups[class_nodes(ir)] = np.asarray(class_group, dtype=np.int64)
         placed[ir.class_space] = groups
     G = scope.groups[0]
-    layers = [(layer, _energy(gm, layer)) for layer in ir.layers if layer_kind(ir, scope, layer) in CUT_KINDS]
+    layers = [(layer, *_energy(cut)) for layer in ir.layers if (cut := cut_weight(gm, ir, scope, layer)) is not None]
     pending = [s for s in sorted(scope.level_of) if s not in placed]
     while pending:
         scores = {s: np.zeros((G, ir.spaces[s].num_nodes)) for s in pending}
-        for layer, E in layers:
-            g_in, g_out = _elem_groups(ir, placed, layer.in_elems, G), _elem_groups(ir, placed, layer.out_elems, G)
-            _add(ir, scores, layer.in_elems, E @ g_out)      # (in, G): energy to placed outputs
+        for layer, in_elems, E in layers:
+            g_in, g_out = _elem_groups(ir, placed, in_elems, G), _elem_groups(ir, placed, layer.out_elems, G)
+            _add(ir, scores, in_elems, E @ g_out)            # (in, G): energy to placed outputs
             _add(ir, scores, layer.out_elems, E.T @ g_in)    # (out, G): energy from placed inputs
         reached = [s for s in pending if scores[s].sum() > 0]
         if not reached:   # not joined to the placed spaces by any cut layer: equal groups in order
@@ -73,12 +73,13 @@ def cut_groups(gm: torch.nn.Module, ir: ChannelIR, scope: Scope, class_group: np
     return placed
 
 
-def _energy(gm: torch.nn.Module, layer: WeightLayer) -> np.ndarray:
-    """``(in, out)`` weight energy of one layer, normalised to sum 1 (R_W's view of it)."""
-    W = gm.get_submodule(layer.name).weight.detach().float().cpu()
-    E = weight_energy_matrix(W, layer.conv_groups).double().numpy()
+def _energy(cut: tuple[torch.Tensor, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The input elements and ``(in, out)`` weight energy of a cut layer's cuttable weight
+    (``assign.cut_weight``: a mixed layer's in-scope columns), normalised to sum 1 (R_W's view)."""
+    W, in_elems, conv_groups = cut
+    E = weight_energy_matrix(W.detach().float().cpu(), conv_groups).double().numpy()
     total = E.sum()
-    return E / total if total > 0 else E
+    return in_elems, (E / total if total > 0 else E)
 
 
 def _elem_groups(ir: ChannelIR, placed: dict[int, np.ndarray], elems: np.ndarray, G: int) -> np.ndarray:

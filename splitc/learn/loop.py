@@ -311,9 +311,7 @@ def _commit_cut_groups(run: LearnRun, class_group) -> None:
     energy around the class clusters (:mod:`splitc.learn.cut_groups`); clearing starts now."""
     ir, scope = run.analysis.ir, run.analysis.scope
     for space, nodes in cut_groups(run.analysis.gm, ir, scope, class_group).items():
-        onehot = torch.zeros(scope.groups_of(space), len(nodes))
-        onehot[torch.as_tensor(nodes), torch.arange(len(nodes))] = 1.0
-        schedule.commit_space(run.aset.by_space[str(space)], onehot.to(run.device), balanced=False)
+        schedule.commit_groups(run.aset.by_space[str(space)], nodes, scope.groups_of(space))
         if space not in run.frozen:
             freeze_space(run, space)
     run.committed = True

@@ -116,6 +116,14 @@ def balanced_winners(matrix: np.ndarray) -> np.ndarray:
     return balanced_argmax(np.log(np.clip(matrix, 1e-30, None)))
 
 
+def commit_groups(module: torch.nn.Module, groups: np.ndarray, num_groups: int) -> None:
+    """Fix a space to the given group of each node (``cluster-cut``), as :func:`commit_space`."""
+    device = next(module.parameters()).device
+    onehot = torch.zeros(num_groups, len(groups), device=device)
+    onehot[torch.as_tensor(groups, device=device), torch.arange(len(groups), device=device)] = 1.0
+    commit_space(module, onehot, balanced=False)
+
+
 def commit_space(module: torch.nn.Module, matrix: torch.Tensor, balanced: bool = True) -> None:
     """Fix a space to its groups (balanced, else argmax), in place and with its parameter layout
     unchanged (so checkpoints, ``--resume`` and ``split`` read it as before); the caller freezes it."""
