@@ -241,6 +241,11 @@ def test_a_nan_never_verifies() -> None:
 
     assert relative_error(torch.tensor([float("nan"), 1.0]), torch.ones(2)) == math.inf
     assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+    # finite float32 logits whose float32 norm overflows (an untrained inception_v3: ~1e25)
+    big = torch.full((4, 1000), 3.7e25)
+    off = big.clone()
+    off[0, 0] *= 2  # one entry off by its size: the error is 1 / sqrt(4000)
+    assert big.norm() == math.inf and relative_error(off, big) == pytest.approx(4000 ** -0.5)
 
     class Nan(torch.nn.Module):
         def forward(self, x):

@@ -9,6 +9,9 @@ import torch
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``‖got − want‖ / ‖want‖``; infinite when either side is not finite, so that a NaN never
-    passes a tolerance (``max`` would drop it and a broken graph would verify at 0.0)."""
+    passes a tolerance (``max`` would drop it and a broken graph would verify at 0.0).
+    Computed in float64: a float32 norm overflows at ~1e19 per entry, and an untrained
+    torchvision inception_v3 has finite float32 logits of ~1e25 (its float32 norm is inf)."""
+    got, want = torch.as_tensor(got).double(), torch.as_tensor(want).double()
     err = float((got - want).norm() / want.norm().clamp_min(1e-30))
     return err if math.isfinite(err) else math.inf
