@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -16,6 +21,38 @@ from splitc.graph.frontend import trace
 # Reduced input sizes that every listed torchvision model accepts.
 SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}
 FIXED_INPUT = ("vit_", "swin_", "maxvit_")  # these need their native 224x224
+
+
+# Models at or above this many parameters run one at a time across xdist workers: two of them at
+# once (vit_h_14 beside vgg19, say) took 15+ GB each and the kernel killed a worker on 24 GiB.
+HEAVY_PARAMS = 100_000_000
+
+
+@functools.lru_cache(maxsize=None)
+def param_count(name: str) -> int:
+    """Parameters of a zoo model, built on the meta device (on the CPU where meta fails: RegNet)."""
+    try:
+        with torch.device("meta"):
+            model = zoo.build(name)
+    except (NotImplementedError, RuntimeError):
+        model = zoo.build(name)
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def heavy_model_slot(name: str):
+    """Hold a machine-wide lock while a model of HEAVY_PARAMS or more is under test, so the slow
+    matrices fit in memory under ``-n 2``; smaller models pass straight through."""
+    if param_count(name) < HEAVY_PARAMS:
+        yield
+        return
+    path = os.path.join(tempfile.gettempdir(), f"splitc-tests-heavy-{os.getuid()}.lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

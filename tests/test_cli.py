@@ -10,6 +10,8 @@ import pytest
 import torchvision
 from click.testing import CliRunner
 
+from helpers import heavy_model_slot
+
 from splitc import __version__
 from splitc.cli.main import main
 
@@ -63,7 +65,8 @@ def test_inspect_split_depth_2_torchvision(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", torchvision.models.list_models(module=torchvision.models))
 def test_inspect_every_torchvision_model(name: str) -> None:
-    result = run("inspect", name, "--split-depth", "2", "--groups", "2", "--json")
+    with heavy_model_slot(name):
+        result = run("inspect", name, "--split-depth", "2", "--groups", "2", "--json")
     assert result.exit_code == 0, result.output
 
 

@@ -16,7 +16,7 @@ import torchvision
 from hypothesis import HealthCheck, given, settings
 
 from archgen import architectures
-from helpers import analyse, input_size_for, randomize, rel_err
+from helpers import analyse, heavy_model_slot, input_size_for, randomize, rel_err
 from splitc.graph import zoo
 from splitc.graph.channel_ir import ChannelIR
 from splitc.passes.permute_channels import (
@@ -77,7 +77,8 @@ def test_torchvision_representatives(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_TORCHVISION)
 def test_every_torchvision_model(name: str) -> None:
-    assert_invariant(name)
+    with heavy_model_slot(name):
+        assert_invariant(name)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from archgen import architectures
-from helpers import analyse, input_size_for, randomize, rel_err
+from helpers import analyse, heavy_model_slot, input_size_for, randomize, rel_err
 from splitc.graph import zoo
 from splitc.graph.group_tree import HardAssignment, balanced_assignment
 from splitc.graph.counting import count
@@ -151,7 +151,7 @@ def test_split_without_permutation_matches_too() -> None:
 def test_every_torchvision_model(name: str) -> None:
     """Split from the start of the last resolution stage (``scope.last_stage``)."""
     size = input_size_for(name)
-    with warnings.catch_warnings():
+    with heavy_model_slot(name), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gm, ir = analyse(zoo.build(name), size)
         start = last_stage(ir)
