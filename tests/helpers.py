@@ -64,13 +64,23 @@ def heavy_model_slot(name: str):
         finally:
             release_memory()
         return
+    with machine_slot():
+        try:
+            yield
+        finally:
+            release_memory()
+
+
+@contextlib.contextmanager
+def machine_slot():
+    """A lock every xdist worker on this machine shares: held by the heavy models' tests and by
+    the timed acceptance run, so none of them runs beside another."""
     path = os.path.join(tempfile.gettempdir(), f"splitc-tests-heavy-{os.getuid()}.lock")
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            release_memory()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
