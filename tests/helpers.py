@@ -25,8 +25,8 @@ SMALL_INPUT = {"inception_v3": (3, 75, 75), "alexnet": (3, 64, 64)}
 FIXED_INPUT = ("vit_", "swin_", "maxvit_")  # these need their native 224x224
 
 
-# Models at or above this many parameters run one at a time across xdist workers: two of them at
-# once (vit_h_14 beside vgg19, say) took 15+ GB each and the kernel killed a worker on 24 GiB.
+# Models at or above this many parameters run one at a time across xdist workers: under -n 2 the
+# kernel killed workers on vgg19, vit_l_16, vit_l_32 and regnet_y_128gf (14.5 GB peak alone) on 24 GiB.
 HEAVY_PARAMS = 100_000_000
 
 
@@ -58,13 +58,7 @@ def heavy_model_slot(name: str):
     """Hold a machine-wide lock while a model of HEAVY_PARAMS or more is under test, so the slow
     matrices fit in memory under ``-n 2``; smaller models pass straight through. Either way the
     freed memory goes back to the OS afterwards."""
-    if param_count(name) < HEAVY_PARAMS:
-        try:
-            yield
-        finally:
-            release_memory()
-        return
-    with machine_slot():
+    with machine_slot() if param_count(name) >= HEAVY_PARAMS else contextlib.nullcontext():
         try:
             yield
         finally:
