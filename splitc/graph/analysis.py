@@ -20,6 +20,7 @@ from splitc.graph.counting import CostReport, count
 from splitc.core.errors import UserCodeError
 from splitc.core.pipeline import PassRunner
 from splitc.graph.frontend import trace
+from splitc.graph.opkinds import registration_hint
 from splitc.graph.scope import Scope, ScopeSpec, layer_kind, resolve_scope
 
 BUILTIN_NUM_CLASSES = {"wrn16_8": 100}
@@ -77,10 +78,20 @@ def check_forward(model: nn.Module, name: str, size: tuple[int, ...]) -> None:
 
 
 def barrier_summary(ir: ChannelIR) -> list[str]:
-    """One line per op target without a rule, naming it and how many nodes it covers."""
-    return [f"no channel rule for {what} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}, "
-            f"first {nodes[0]}): treated as a scope barrier; register a rule with @channel_rule "
-            "to split through it" for what, nodes in ir.barriers.items()]
+    """One line per op target that became a barrier: how many nodes, and what to do. An op
+    without a rule names the registration that declares it; one whose rule declined says why
+    (as its node's warning, recorded when the graph was built, gives it)."""
+    nodes_by_name = {n.name: n for n in ir.gm.graph.nodes}
+    lines = []
+    for what, nodes in ir.barriers.items():
+        where = f"({len(nodes)} node{'s' if len(nodes) > 1 else ''}, first {nodes[0]})"
+        said = next((w for w in ir.warnings if f"(node {nodes[0]}): treated as" in w), "no channel rule")
+        if said.startswith("no channel rule"):
+            lines.append(f"no channel rule for {what} {where}: treated as a scope barrier; "
+                         f"{registration_hint(nodes_by_name[nodes[0]])}")
+        else:
+            lines.append(f"{said.split(' (node ')[0]} {where}: treated as a scope barrier; choose --split-from below it")
+    return lines
 
 
 def analysis_warnings(analysis: Analysis) -> list[str]:
@@ -95,8 +106,8 @@ def analysis_warnings(analysis: Analysis) -> list[str]:
     if cost.split.params >= cost.baseline.params and analysis.scope.level_of:
         stop = f"; the channel analysis stopped at {', '.join(analysis.ir.barriers)}" if analysis.ir.barriers else ""
         lines.append(f"the scope {analysis.scope.spec.describe()} makes no layer block-diagonal (0.0% of params "
-                     f"saved){stop}: register a rule with @channel_rule for the barrier op, or choose a "
-                     "--split-from / --split-depth that covers a weight layer's input and output")
+                     f"saved){stop}: declare the barrier op with splitc.register_module / register_function, or "
+                     "choose a --split-from / --split-depth that covers a weight layer's input and output")
     return lines
 
 

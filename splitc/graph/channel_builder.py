@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 
 from splitc.graph.channel_ir import FLAGS, ChannelOp, ParamUse, Source, WeightLayer, as_np, map_tensors
-from splitc.graph.opkinds import target_name
+from splitc.graph.opkinds import registration_hint, target_name
 
 
 class ChannelGraphBuilder:
@@ -123,8 +123,7 @@ class ChannelGraphBuilder:
         what = target_name(node)
         reason = f"no channel rule for {what} (node {node.name})" if why is None else f"{what} {why} (node {node.name})"
         self.barriers.setdefault(what, []).append(node.name)
-        fix = ("register a rule with @channel_rule to split through it" if why is None
-               else "choose --split-from below it")
+        fix = registration_hint(node) if why is None else "choose --split-from below it"
         self.warnings.append(f"{reason}: treated as a scope barrier; {fix}")
         inputs = torch.cat([t.reshape(-1) for t in label_inputs]) if label_inputs else None
         if inputs is not None:

@@ -21,6 +21,7 @@ from splitc.graph.channel_builder import ChannelGraphBuilder
 from splitc.graph.channel_finalize import finish
 from splitc.graph.channel_ir import ChannelIR, ParamUse, flat_tensors, has_tensor
 from splitc.graph.channel_rules import RULES, Decline, RuleContext
+from splitc.graph import channelwise_rule  # noqa: F401  (registers the user's channelwise kind)
 from splitc.graph.opkinds import kind_of
 
 

@@ -21,14 +21,17 @@ import torch.fx as fx
 import torch.nn as nn
 
 from splitc.core.errors import SplitcError
+from splitc.graph.opkinds import user_functions, user_leaf_types
 
 
 class LeafTracer(fx.Tracer):
-    """A tracer that also treats the given module types as leaves (not traced through)."""
+    """A tracer that also treats the given module types as leaves (not traced through), and the
+    user's registered modules and functions (``splitc.register_module`` / ``register_function``):
+    they keep their own forward and get their declared kind's rule."""
 
     def __init__(self, leaf_types: Sequence[type] = ()) -> None:
-        super().__init__()
-        self.leaf_types = tuple(leaf_types)
+        super().__init__(autowrap_functions=user_functions())
+        self.leaf_types = tuple(leaf_types) + user_leaf_types()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.leaf_types and isinstance(m, self.leaf_types):
@@ -121,7 +124,7 @@ def trace(model: nn.Module, leaf_types: Sequence[type] = (),
             graph = tracer.trace(model)
             specialised = True
     except Exception as exc:  # noqa: BLE001 - any tracing failure is reported as a user error
-        raise SplitcError(_describe_trace_failure(model, exc)) from None
+        raise SplitcError(_describe_trace_failure(model, exc, _failing_module(tracer))) from None
     finally:
         model.train(was_training)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -130,14 +133,23 @@ def trace(model: nn.Module, leaf_types: Sequence[type] = (),
     return gm
 
 
-def _describe_trace_failure(model: nn.Module, exc: Exception) -> str:
+def _failing_module(tracer: fx.Tracer) -> str | None:
+    """The type name of the innermost submodule being traced when tracing failed (fx leaves its
+    stack as it was), or None when it failed in the model's own forward."""
+    stack = list(getattr(tracer, "module_stack", {}).values())
+    return stack[-1][1].__name__ if stack and isinstance(stack[-1], tuple) else None
+
+
+def _describe_trace_failure(model: nn.Module, exc: Exception, module: str | None = None) -> str:
     """One line: what failed, where in the user's code, and how to fix it."""
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
     where = f" at {frames[-1].filename}:{frames[-1].lineno} ({frames[-1].line})" if frames else ""
+    which = f"{module} (the submodule it failed in)" if module else "the submodule's type"
     return (
         f"cannot trace {type(model).__name__} with torch.fx: {first_line}{where}. "
-        "Fix: make that submodule a leaf (pass its type as a leaf module) or mark the function "
+        f"Fix: declare {which} with splitc.register_module({module or 'Type'}, KIND) so tracing keeps it "
+        'whole as a leaf (KIND "channelwise" if it treats each channel apart), or mark the function '
         "with torch.fx.wrap so tracing does not enter it."
     )
 

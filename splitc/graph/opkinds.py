@@ -7,7 +7,10 @@ that is not here has no kind, and the channel graph turns it into a scope barrie
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import types
+from collections.abc import Iterator
 from enum import Enum
 
 import torch
@@ -29,6 +32,7 @@ class Kind(Enum):
     GROUP_NORM = "group_norm"      # statistics per block of channels: a block moves whole
     PAD = "pad"                    # constant/reflect padding of the spatial dims
     SOFTMAX = "softmax"            # normalised over one dim: keeps labels only along one channel
+    CHANNELWISE = "channelwise"    # a user's op: one tensor in, same channels out, [C] tensors sliced
 
 
 def _stochastic_depth_types() -> tuple[type, ...]:
@@ -115,16 +119,23 @@ METHOD_KINDS: dict[str, Kind] = {
 }
 
 
+# The user's own op types (``register_module`` / ``register_function``): looked up like the
+# built-in tables, the user's entry first for each class of the MRO.
+USER_MODULE_KINDS: dict[type, Kind] = {}
+USER_FUNCTION_KINDS: dict[object, Kind] = {}
+
+
 def kind_of(node: fx.Node, modules: dict[str, nn.Module]) -> Kind | None:
     """The op kind of an fx node, or None when splitc has no rule for its target."""
     if node.op == "call_module":
         for cls in type(modules[node.target]).__mro__:
-            if cls in MODULE_KINDS:
-                return MODULE_KINDS[cls]
+            kind = USER_MODULE_KINDS.get(cls) or MODULE_KINDS.get(cls)
+            if kind is not None:
+                return kind
         return None
     if node.op == "call_function":
         try:
-            return FUNCTION_KINDS.get(node.target)
+            return USER_FUNCTION_KINDS.get(node.target) or FUNCTION_KINDS.get(node.target)
         except TypeError:  # unhashable target
             return None
     if node.op == "call_method":
@@ -141,3 +152,109 @@ def target_name(node: fx.Node) -> str:
         mod = getattr(node.target, "__module__", "") or ""
         return f"function {mod}.{getattr(node.target, '__name__', node.target)}".replace("_operator.", "operator.")
     return f"{node.op} {node.target}"
+
+
+# ---------------------------------------------------------------- the user's registrations
+def parse_kind(kind: Kind | str) -> Kind:
+    """A Kind from itself or its name; an unknown name is one line listing the kinds."""
+    if isinstance(kind, Kind):
+        return kind
+    try:
+        return Kind(kind)
+    except ValueError:
+        known = ", ".join(repr(k.value) for k in Kind)
+        raise ValueError(f"unknown op kind {kind!r}; the kinds are {known}") from None
+
+
+def register_module(cls: type, kind: Kind | str) -> type:
+    """Declare the user's module type ``cls`` as an op of ``kind`` (``"channelwise"`` for a
+    custom per-channel norm or scale): it is traced as a leaf, keeps its own forward and gets
+    that kind's channel rule, so a split runs through it instead of stopping there. A module
+    declared as a built-in kind must carry that module's attributes (a ``"conv"``: ``weight``,
+    ``bias``, ``groups``, ``kernel_size``, ``out_channels``). Returns ``cls``."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_module takes an nn.Module subclass, got {cls!r}")
+    new = parse_kind(kind)
+    old = USER_MODULE_KINDS.get(cls) or MODULE_KINDS.get(cls)
+    if old is not None:
+        raise ValueError(f"module {_qualname(cls)} is already registered as {old.value!r} "
+                         f"({_who(cls in USER_MODULE_KINDS)}); cannot register it again as {new.value!r}")
+    USER_MODULE_KINDS[cls] = new
+    return cls
+
+
+def register_function(fn: object, kind: Kind | str) -> object:
+    """Declare the user's function ``fn`` as an op of ``kind``. A Python function called by name
+    from a traced forward is kept as one call (not traced into) and gets that kind's rule.
+    Returns ``fn``."""
+    if not callable(fn) or isinstance(fn, type):
+        raise TypeError(f"register_function takes a function, got {fn!r}")
+    new = parse_kind(kind)
+    old = USER_FUNCTION_KINDS.get(fn) or FUNCTION_KINDS.get(fn)
+    if old is not None:
+        raise ValueError(f"function {_qualname(fn)} is already registered as {old.value!r} "
+                         f"({_who(fn in USER_FUNCTION_KINDS)}); cannot register it again as {new.value!r}")
+    USER_FUNCTION_KINDS[fn] = new
+    return fn
+
+
+def unregister(target: object) -> None:
+    """Undo ``register_module`` / ``register_function`` (a built-in kind stays)."""
+    table = USER_MODULE_KINDS if isinstance(target, type) else USER_FUNCTION_KINDS
+    if target not in table:
+        raise ValueError(f"{_qualname(target)} was not registered by the user")
+    del table[target]
+
+
+@contextlib.contextmanager
+def registered(target: object, kind: Kind | str) -> Iterator[object]:
+    """``register_module`` / ``register_function`` for the duration of a ``with`` block (tests)."""
+    (register_module if isinstance(target, type) else register_function)(target, kind)
+    try:
+        yield target
+    finally:
+        unregister(target)
+
+
+def user_leaf_types() -> tuple[type, ...]:
+    """Module types the tracer keeps as leaves: the user's registered ones."""
+    return tuple(USER_MODULE_KINDS)
+
+
+def user_functions() -> tuple[types.FunctionType, ...]:
+    """Python functions the tracer keeps as one call (``autowrap_functions``)."""
+    return tuple(f for f in USER_FUNCTION_KINDS if isinstance(f, types.FunctionType))
+
+
+def registration_hint(node: fx.Node) -> str:
+    """The call that declares ``node``'s target (for a barrier's warning); an op traced from
+    inside the user's own module names that module, the unit the user wrote."""
+    apart, fix = "treats each channel apart, declare it with", "to split through it"
+    if node.op == "call_module":
+        name = type(node.graph.owning_module.get_submodule(node.target)).__name__
+        return f'if it {apart} splitc.register_module({name}, "channelwise") {fix}'
+    owner = _enclosing_module(node)
+    if owner is not None:
+        path, cls = owner
+        return (f"it runs inside {cls.__name__} ({path}): if that module {apart} "
+                f'splitc.register_module({cls.__name__}, "channelwise") {fix}')
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", node.target)
+        return f'if it {apart} splitc.register_function({name}, "channelwise") {fix}'
+    return f"wrap the call in a module and declare that with splitc.register_module {fix}"
+
+
+def _enclosing_module(node: fx.Node) -> tuple[str, type] | None:
+    """The innermost module outside torch whose forward was traced into ``node`` (path, type)."""
+    for path, cls in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
+        if isinstance(cls, type) and not cls.__module__.startswith("torch."):
+            return path, cls
+    return None
+
+
+def _qualname(target: object) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
+
+
+def _who(user: bool) -> str:
+    return "by register_module/register_function" if user else "built in"

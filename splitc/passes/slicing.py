@@ -70,8 +70,9 @@ def _kept_blocks(out_keep: np.ndarray, in_keep: np.ndarray, k: int) -> list[int]
 
 
 def slice_channel_module(module: nn.Module, keep: np.ndarray) -> nn.Module:
-    """A copy of a per-channel module (batch norm) keeping the ``keep`` channels: every
-    parameter and buffer of that length is sliced along its first dim."""
+    """A copy of a per-channel module (batch norm, a user's channelwise module) keeping the
+    ``keep`` channels: every parameter and buffer of that length, its submodules' too, is
+    sliced along its first dim; every other tensor is copied (branches share no storage)."""
     idx = torch.as_tensor(np.flatnonzero(keep))
     new = copy.copy(module)
     new._parameters, new._buffers = {}, {}
@@ -80,6 +81,7 @@ def slice_channel_module(module: nn.Module, keep: np.ndarray) -> nn.Module:
             _slice_if_channels(p.detach(), idx, len(keep)), requires_grad=p.requires_grad)
     for name, b in module._buffers.items():
         new._buffers[name] = None if b is None else _slice_if_channels(b, idx, len(keep))
+    new._modules = {name: None if m is None else slice_channel_module(m, keep) for name, m in module._modules.items()}
     if hasattr(new, "num_features"):
         new.num_features = len(idx)
     if isinstance(module, nn.GroupNorm):  # whole norm-groups are held (the channel graph ties them)
