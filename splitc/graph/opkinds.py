@@ -3,6 +3,11 @@
 Lookups are exact: module types by class (walking the MRO, so subclasses of ``nn.Conv2d``
 count), functions by identity, methods by name. Nothing is classified by substring. A target
 that is not here has no kind, and the channel graph turns it into a scope barrier.
+
+The user extends the table with ``splitc.register_module(cls, kind)`` and
+``register_function(fn, kind)`` (their own layer, e.g. a custom norm as ``"channelwise"``); the
+tracer keeps what they register as one call (``frontend.LeafTracer``), and a second
+registration of the same target raises.
 """
 
 from __future__ import annotations
