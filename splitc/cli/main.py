@@ -14,6 +14,15 @@ from splitc import __version__
 from splitc.cli.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SHARE
 from splitc.core.errors import SplitcError
 from splitc.core.files import MANIFEST_JSON
+from splitc.data.bundle import NORMALIZE_HELP
+from splitc.learn.assign import ASSIGNMENT_KINDS
+from splitc.learn.config import ASSIGN_OPTIMIZERS, COMMIT_GROUPS, INIT_GROUPS, TRAINED_DEFAULTS
+
+WEIGHTS_HELP = ("Trained weights to start from: a .pt/.pth/.safetensors state_dict (or a checkpoint holding "
+                "it under 'state_dict' or 'model'), torchvision:DEFAULT (or another weights enum) for a "
+                "torchvision model, or timm for a timm: model; the last two only from the local caches "
+                "($TORCH_HOME/hub/checkpoints, the Hugging Face cache): nothing is downloaded. A classifier "
+                "with another class count is re-initialised.")
 
 
 class SplitcGroup(click.Group):
@@ -74,6 +83,7 @@ def scope_options(fn: Callable) -> Callable:
 
 
 def model_options(fn: Callable) -> Callable:
+    fn = click.option("--weights", default=None, metavar="SRC", help=WEIGHTS_HELP)(fn)
     fn = click.option("--input-size", default=None, metavar="C,H,W",
                       help="Sample input size (default: the model's native size).")(fn)
     fn = click.option("--num-classes", type=click.IntRange(min=2), default=None, help="Number of classes.")(fn)
@@ -85,7 +95,7 @@ def model_options(fn: Callable) -> Callable:
 @model_options
 @scope_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def inspect(model: str, num_classes, input_size, groups, split_from, split_depth, preset, as_json) -> None:
+def inspect(model: str, num_classes, input_size, weights, groups, split_from, split_depth, preset, as_json) -> None:
     """Show the channel spaces, ties, layer kinds and the cost of a split of MODEL."""
     from splitc.graph.analysis import analyse, report_dict
     from splitc.graph.frontend import parse_input_size
@@ -95,7 +105,15 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
     zoo.resolve(model)  # fail fast on a bad name, before the scope options
     spec = make_spec(groups, split_from, split_depth, preset, model=model)
     size = parse_input_size(input_size) if input_size else None
-    report = report_dict(analyse(model, spec, num_classes, size))
+    built = None
+    if weights is not None:
+        from splitc.graph.analysis import default_num_classes
+        from splitc.graph.weights import load_weights
+
+        built = zoo.build(model, num_classes or default_num_classes(model))
+        for note in load_weights(built, weights, model).notes:
+            click.echo(f"note: {note}", err=True)
+    report = report_dict(analyse(model, spec, num_classes, size, model=built))
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -111,17 +129,26 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--data", default="synthetic", show_default=True,
               help="synthetic | synthetic:fast | digits | cifar100:PATH | imagefolder:PATH")
 @click.option("--input-size", default=None, metavar="C,H,W", help="Model input size (default: the data's).")
+@click.option("--weights", default=None, metavar="SRC",
+              help=WEIGHTS_HELP + " From trained weights (above chance on the validation split) the run has no "
+                   "plain warm-up: the groups are read off the trained network at once and R_W clears the cut "
+                   "at a finetune-sized lr; its defaults are then " +
+                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TRAINED_DEFAULTS.items()) + ".")
+@click.option("--normalize", default=None, metavar="FORM", help=NORMALIZE_HELP)
 @scope_options
-@click.option("--assign", type=click.Choice(["softmax", "reduced-gradient", "random"]), default="softmax",
+@click.option("--assign", type=click.Choice(list(ASSIGNMENT_KINDS)), default="softmax",
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
-@click.option("--init-groups", type=click.Choice(["learned", "cluster", "cluster-cut"]), default=None,  # learn.config.INIT_GROUPS
+@click.option("--init-groups", type=click.Choice(list(INIT_GROUPS)), default=None,
               help="How the groups are found. cluster-cut (the default for one-level splits): the class "
                    "map is a balanced spectral clustering of the warmed-up class-mean features and "
                    "every channel goes to the group its trained weights serve most, all fixed at the "
                    "end of the warm-up. learned (the paper's, and the default for hierarchies, "
                    "--no-commit and --assign random): every map trained by the regularizers from a "
-                   "uniform start. cluster: the learned map started from that clustering.")
-@click.option("--gamma-w", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_W (0 turns it off).")
+                   "uniform start. cluster: the learned map started from that clustering. classifier-cut: "
+                   "as cluster-cut, the class map clustered from the classifier's weight rows (the authors' "
+                   "practice from a trained network).")
+@click.option("--gamma-w", type=NON_NEGATIVE, default=None, help="Weight of R_W (0 turns it off; default 1, "
+              "10 from trained weights, whose lr is 10x lower).")
 @click.option("--gamma-d", type=NON_NEGATIVE, default=1.0, show_default=True, help="Weight of R_D at its start.")
 @click.option("--gamma-e", type=NON_NEGATIVE, default=10.0, show_default=True, help="Weight of R_E.")
 @click.option("--gamma-d-end", type=NON_NEGATIVE, default=None,
@@ -130,7 +157,7 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--gamma-d-rise", type=SHARE, default=None,
               help="Fraction of the regularized steps over which γ_D rises, then holds (default 1.0; "
                    "0.5 left the split far more accurate before finetuning in a short run).")
-@click.option("--assign-optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+@click.option("--assign-optimizer", type=click.Choice(list(ASSIGN_OPTIMIZERS)), default=None,
               help="Optimizer of softmax assignment logits (default adam).")
 @click.option("--assign-lr-mult", type=POSITIVE, default=None, help="LR multiplier for assignments.")
 @click.option("--warmup-epochs", type=NON_NEGATIVE, default=None,
@@ -141,7 +168,7 @@ def inspect(model: str, num_classes, input_size, groups, split_from, split_depth
 @click.option("--no-commit", "commit", flag_value=False, default=None,
               help="Keep training the assignments to the end (the paper); by default the groups are "
                    "fixed once decided, so that R_W clears exactly the weights the split cuts.")
-@click.option("--commit-groups", type=click.Choice(["balanced", "argmax"]), default=None,  # learn.config.COMMIT_GROUPS
+@click.option("--commit-groups", type=click.Choice(list(COMMIT_GROUPS)), default=None,
               help="Groups the commit fixes: balanced (default; equal groups nearest to the learned "
                    "probabilities, equal branches) or argmax (each node's most likely group, the paper's harden).")
 @click.option("--soft-epochs", type=NON_NEGATIVE, default=None,
@@ -188,7 +215,9 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
                "superclass_ari": result.superclass_ari,
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
                "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps,
-               "learned": result.learned, "warnings": list(result.warnings)}
+               "learned": result.learned, "start_val_acc": result.start_val_acc,
+               "oneshot_val_acc": result.oneshot_val_acc, "teacher": result.teacher,
+               "warnings": list(result.warnings)}
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -298,6 +327,13 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Model-parallel over N local workers: each holds the trunk and its own branches "
                    "(gloo on CPU, nccl on GPU; docs/DISTRIBUTED.md). Under torchrun the ranks are torchrun's.")
+@click.option("--distill/--no-distill", default=None,
+              help="Train against the dense model the split came from (its teacher.safetensors: the --weights "
+                   "of learn, or the dense weights when its regularizers started): (1-a)·CE + a·T²·KL.")
+@click.option("--distill-t", type=POSITIVE, default=None, help="Distillation temperature T (default 4).")
+@click.option("--distill-alpha", type=SHARE, default=None, help="Weight a of the soft term (default 0.9).")
+@click.option("--normalize", default=None, metavar="FORM",
+              help="Input normalisation; default: the one the learn run used. " + NORMALIZE_HELP)
 @click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:

@@ -283,7 +283,7 @@ def _train_rank(config: FinetuneConfig, rank: int, world: int, local_world: int,
         meta = claim_split_dir(folder, meta, config)
     dist.barrier()  # rank 0's --force clean-up is done before any rank reads the directory
     loaded = load_split(folder, weights=SPLIT_WEIGHTS)
-    run = prepare(config, meta, loaded.input_size, device)
+    run = prepare(config, meta, loaded.input_size, device, loaded)
     ckpt = restart(run, writer=rank == 0)
     flops = {n: c["flops"] for n, c in meta.get("report", {}).get("subgraphs", {}).items()}
     placement = place_branches(loaded.model.plan, flops, world)

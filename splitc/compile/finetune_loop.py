@@ -19,6 +19,7 @@ from splitc.data.batches import accuracy, epoch_loader
 from splitc.data.loaders import load_data
 from splitc.core.errors import SplitcError
 from splitc.learn.optim import schedule_at
+from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss, load_teacher
 from splitc.compile.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS, load_split, read_meta, write_json, write_tensors
 from splitc.core.files import FINETUNE_CHECKPOINT, FINETUNE_METRICS
 
@@ -44,6 +45,10 @@ class FinetuneConfig:
     force: bool = False             # start over from the split's weights, replacing a finetune
     nproc: int = 1                  # model-parallel ranks (finetune_dist.py); 1: this process
     dtype: str = "float32"         # float64: for checks that compare runs summing in different orders
+    distill: bool = False           # train against the dense teacher the split came from (compile.distill)
+    distill_t: float = DEFAULT_T
+    distill_alpha: float = DEFAULT_ALPHA
+    normalize: str | None = None    # None: the learn run's (split.json "normalize")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Run:
     steps_per_epoch: int
     total: int
     identity: dict[str, Any]    # what --resume must match
+    teacher: torch.nn.Module | None = None   # --distill: the dense model, eval mode, frozen
 
 
 def finetune_single(config: FinetuneConfig, progress: bool = True) -> FinetuneResult:
@@ -93,7 +99,7 @@ def finetune_single(config: FinetuneConfig, progress: bool = True) -> FinetuneRe
     meta = claim_split_dir(folder, meta, config)
     # --resume continues from the checkpoint; a new run starts from the weights as split
     loaded = load_split(folder, weights=SPLIT_WEIGHTS)
-    run = prepare(config, meta, loaded.input_size, torch.device(config.device))
+    run = prepare(config, meta, loaded.input_size, torch.device(config.device), loaded)
     model = to_run(loaded.model, run)
     optimizer = make_optimizer(model, config)
     ckpt = restart(run)
@@ -104,14 +110,21 @@ def finetune_single(config: FinetuneConfig, progress: bool = True) -> FinetuneRe
 
 
 def prepare(config: FinetuneConfig, meta: dict[str, Any], input_size: tuple[int, int, int],
-            device: torch.device) -> Run:
-    bundle = load_data(config.data, input_size, seed=config.seed, flip=config.flip)
+            device: torch.device, loaded: Any = None) -> Run:
+    """What the loop fixes before its first step; ``loaded`` (the split as loaded) gives the
+    teacher's architecture for --distill."""
+    bundle = load_data(config.data, input_size, seed=config.seed, flip=config.flip,
+                       normalize=config.normalize or meta.get("normalize"))
     _check_data(meta, bundle, config)
     torch.manual_seed(config.seed)
     steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
     total = config.max_steps or config.epochs * steps_per_epoch
-    identity = {"split": _digest(meta["plan"]), "data": config.data}
-    return Run(config, Path(config.split_dir), meta, bundle, device, steps_per_epoch, total, identity)
+    identity = {"split": _digest(meta["plan"]), "data": config.data, "distill": config.distill}
+    teacher = None
+    if config.distill:
+        teacher = load_teacher(Path(config.split_dir), meta, loaded.analysis.gm, device)
+        teacher = teacher.to(DTYPES[config.dtype])
+    return Run(config, Path(config.split_dir), meta, bundle, device, steps_per_epoch, total, identity, teacher)
 
 
 def to_run(model: torch.nn.Module, run: Run) -> torch.nn.Module:
@@ -177,7 +190,12 @@ def train_step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimize
           x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x, y = x.to(run.device), y.to(run.device)
     logits = model(x)
-    loss = F.cross_entropy(logits, y)
+    if run.teacher is None:
+        loss = F.cross_entropy(logits, y)
+    else:
+        with torch.no_grad():
+            target = run.teacher(x.to(DTYPES[run.config.dtype]))
+        loss = distill_loss(logits, target, y, run.config.distill_t, run.config.distill_alpha)
     optimizer.zero_grad(set_to_none=True)
     (loss / replica.world).backward()  # exact for world 1: x / 1.0 == x
     replica.sync_grads()

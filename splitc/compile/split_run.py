@@ -25,12 +25,13 @@ from splitc.graph.counting import Cost, count
 from splitc.core.errors import SplitcError
 from splitc.learn.health import LEARNED_FLAG
 from splitc.core.numerics import relative_error
-from splitc.core.outputs import claim, replacing
+from splitc.core.outputs import atomic_write, claim, replacing
+from splitc.compile.distill import TEACHER
 from splitc.passes.harden import harden
 from splitc.graph.scope import ScopeSpec, make_spec
 from splitc.core.pipeline import PassRunner
 from splitc.compile.split import compile_split, subgraph_costs, total_cost
-from splitc.compile.split_dir import SPLIT_WEIGHTS, load_split, save_split, spec_to_dict
+from splitc.compile.split_dir import SPLIT_JSON, SPLIT_WEIGHTS, load_split, save_split, spec_to_dict, write_json
 from splitc.graph.split_model import SplitModel
 from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT
 
@@ -101,9 +102,27 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
     if overlap is not None:  # fuzzy nodes are duplicated into each of their groups
         hard = HardAssignment(hard.groups_of_space, {s: dict(nodes) for s, nodes in hardened.fuzzy.items() if nodes})
     origin = {"run_dir": str(Path(run_dir).resolve()), "assign": ckpt["identity"]["assign"],
+              "normalize": ckpt["config"].get("normalize"),
               "data": ckpt["identity"]["data"]}
     summary = write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
+    copy_teacher(Path(run_dir), Path(out))
     return {**summary, "warnings": analysis_warnings(analysis), "pass_seconds": runner.report()}
+
+
+def copy_teacher(run_dir: Path, out: Path) -> None:
+    """The dense weights the run's regularizers started from (``finetune --distill``'s teacher),
+    copied beside the split with their SHA-256 in split.json; a run without them is left as is."""
+    try:
+        record = json.loads((run_dir / ASSIGNMENT_JSON).read_text(encoding="utf-8")).get("teacher")
+    except (OSError, json.JSONDecodeError):
+        return
+    if not record or not (run_dir / record["file"]).is_file():
+        return
+    data = (run_dir / record["file"]).read_bytes()
+    atomic_write(out / TEACHER, lambda tmp: Path(tmp).write_bytes(data))
+    meta = json.loads((out / SPLIT_JSON).read_text(encoding="utf-8"))
+    write_json(out / SPLIT_JSON, {**meta, "teacher": {"file": TEACHER, "sha256": record["sha256"],
+                                                      "run_dir": str(run_dir.resolve())}})
 
 
 def check_learned(run_dir: Path, accept_unlearned: bool) -> None:
@@ -136,7 +155,7 @@ def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike
             "class_names": class_names or [str(i) for i in range(analysis.num_classes)],
             "plan": compiled.model.plan.to_dict(), **(origin or {}), "report": summary}
     with replacing(out, force), runner.step("save"):
-        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked)
+        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked, compiled.masked)
     return {"split_dir": str(out), **summary}
 
 
@@ -178,9 +197,10 @@ def structural_report(analysis: Analysis, hard: HardAssignment, model: SplitMode
 def verify_split(split_dir: str | os.PathLike) -> dict[str, Any]:
     """Re-check the split as compiled (``split.safetensors``) against the masked model."""
     loaded = load_split(split_dir, weights=SPLIT_WEIGHTS)
-    err = max_rel_err(loaded.model, loaded.masked, loaded.input_size)
+    reference, source = loaded.masked_reference()   # rebuilt where the model can be built
+    err = max_rel_err(loaded.model, reference, loaded.input_size)
     return {"split_dir": str(split_dir), "max_rel_err": err, "tolerance": VERIFY_TOLERANCE,
-            "ok": err <= VERIFY_TOLERANCE, "checked": "split model vs masked model (PyTorch)"}
+            "ok": err <= VERIFY_TOLERANCE, "checked": f"split model vs masked model (PyTorch; {source})"}
 
 
 def _class_names(run_dir: Path, num_classes: int) -> list[str]:

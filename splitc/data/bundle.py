@@ -125,6 +125,37 @@ class ImageTensorDataset(Dataset):
         return self.transform(x), int(self.labels[index])
 
 
+NORMALIZE_FORMS = ("imagenet", "cifar100", "data")
+NORMALIZE_HELP = ("Input normalisation: imagenet (torchvision/timm weights), cifar100, data (this data's "
+                  "own per-channel mean/std), or MEAN/STD as comma lists, e.g. 0.5,0.5,0.5/0.25,0.25,0.25. "
+                  "Default: data for synthetic, digits and a cifar100 folder uses cifar100's; imagefolder "
+                  "uses imagenet's. A model trained elsewhere needs the statistics it was trained with.")
+
+
+def pick_stats(normalize: str | None, default: Stats | None, images: torch.Tensor | None) -> Stats:
+    """The mean/std a data form normalises with: its own default, or ``--normalize``'s
+    (``data`` measures ``images``; a form that reads files lazily passes None and refuses it)."""
+    if normalize is None and default is not None:
+        return default
+    if normalize in (None, "data"):
+        if images is None:
+            raise DataError("--normalize data needs the images in memory; this data form reads them lazily: "
+                            "give --normalize imagenet or MEAN/STD.")
+        return channel_stats(images)
+    if normalize == "imagenet":
+        return IMAGENET_STATS
+    if normalize == "cifar100":
+        return CIFAR100_STATS
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in normalize.split("/"))
+    except ValueError:
+        raise DataError(f"--normalize {normalize!r}: give {', '.join(NORMALIZE_FORMS)} or MEAN/STD as comma "
+                        "lists, e.g. 0.485,0.456,0.406/0.229,0.224,0.225.") from None
+    if len(mean) != len(std) or min(std) <= 0:
+        raise DataError(f"--normalize {normalize!r}: MEAN and STD need as many values, and STD > 0.")
+    return mean, std
+
+
 def channel_stats(images: torch.Tensor) -> Stats:
     """Per-channel mean/std of uint8 images in [0, 1] units (std floored to avoid /0)."""
     x = images.float().div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)

@@ -14,8 +14,8 @@ import torch
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from splitc.data.bundle import (CIFAR100_STATS, IMAGENET_STATS, DataBundle, DataError, augment, stats_for,
-                                tensor_splits)
+from splitc.data.bundle import (CIFAR100_STATS, IMAGENET_STATS, DataBundle, DataError, Stats, augment, pick_stats,
+                                stats_for, tensor_splits)
 from splitc.data.sizes import Size
 
 _CIFAR_FILES = ("train", "test", "meta")
@@ -113,7 +113,7 @@ def _fine_to_coarse(folder: Path, fine: list[int], coarse: list[int],
     return tuple(mapping[f] for f in range(len(fine_names)))
 
 
-def load_cifar100(spec: str, path: Path, size: Size, flip: bool) -> DataBundle:
+def load_cifar100(spec: str, path: Path, size: Size, flip: bool, normalize: str | None = None) -> DataBundle:
     """Official CIFAR-100 pickles; superclasses from the coarse labels; val = test set."""
     folder = _cifar_dir(path)
     fine_names, coarse_names, superclass_of = _read_cifar(folder)
@@ -123,30 +123,31 @@ def load_cifar100(spec: str, path: Path, size: Size, flip: bool) -> DataBundle:
         raise DataError(f"cifar100 folder {folder} could not be read: {err}") from err
     tensors = [(torch.from_numpy(np.ascontiguousarray(s.data.transpose(0, 3, 1, 2))),
                 torch.tensor(s.targets, dtype=torch.int64)) for s in splits]
-    tr, va, probe = tensor_splits(tensors[0], tensors[1], size, CIFAR100_STATS, flip)
+    stats = pick_stats(normalize, CIFAR100_STATS, tensors[0][0])
+    tr, va, probe = tensor_splits(tensors[0], tensors[1], size, stats, flip)
     return DataBundle(tr, va, fine_names, superclass_of, coarse_names, size, spec, probe)
 
 
 # --- imagefolder ---------------------------------------------------------------------------
 
-def _pil_transform(size: Size, train: bool, flip: bool) -> T.Compose:
+def _pil_transform(size: Size, train: bool, flip: bool, stats: Stats = IMAGENET_STATS) -> T.Compose:
     """Resize the short side, centre-crop to size, augment (train only), normalise."""
     steps: list[Any] = [T.Grayscale(1)] if size[0] == 1 else []
     steps += [T.Resize(max(size[1], size[2]), antialias=True), T.CenterCrop((size[1], size[2])),
               T.PILToTensor(), T.ConvertImageDtype(torch.float32)]
     if train:
         steps += augment(size, flip)
-    steps.append(T.Normalize(*stats_for(IMAGENET_STATS, size[0])))
+    steps.append(T.Normalize(*stats_for(stats, size[0])))
     return T.Compose(steps)
 
 
-def _image_folder(root: Path, size: Size, train: bool, flip: bool) -> tvd.ImageFolder:
+def _image_folder(root: Path, size: Size, train: bool, flip: bool, stats: Stats = IMAGENET_STATS) -> tvd.ImageFolder:
     """One split as a torchvision ImageFolder, with errors turned into DataError."""
     if not root.is_dir():
         raise DataError(f"imagefolder split {root} does not exist; expected "
                         "PATH/train/<class>/* and PATH/val/<class>/*")
     try:
-        return tvd.ImageFolder(str(root), transform=_pil_transform(size, train, flip))
+        return tvd.ImageFolder(str(root), transform=_pil_transform(size, train, flip, stats))
     except FileNotFoundError as err:
         raise DataError(f"imagefolder split {root}: {err}; put images in <class> subfolders") from err
 
@@ -169,13 +170,14 @@ def _read_hierarchy(path: Path, classes: Sequence[str]) -> tuple[tuple[int, ...]
     return tuple(names.index(table[c]) for c in classes), names
 
 
-def load_imagefolder(spec: str, path: Path, size: Size, flip: bool) -> DataBundle:
+def load_imagefolder(spec: str, path: Path, size: Size, flip: bool, normalize: str | None = None) -> DataBundle:
     """``PATH/{train,val}/<class>/*`` with optional ``PATH/hierarchy.json``."""
     if not path.is_dir():
         raise DataError(f"imagefolder folder {path} does not exist; expected "
                         "PATH/train/<class>/* and PATH/val/<class>/*")
-    train = _image_folder(path / "train", size, True, flip)
-    val = _image_folder(path / "val", size, False, flip)
+    stats = pick_stats(normalize, IMAGENET_STATS, None)
+    train = _image_folder(path / "train", size, True, flip, stats)
+    val = _image_folder(path / "val", size, False, flip, stats)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
@@ -184,5 +186,5 @@ def load_imagefolder(spec: str, path: Path, size: Size, flip: bool) -> DataBundl
     superclass_of, superclass_names = None, None
     if (path / "hierarchy.json").is_file():
         superclass_of, superclass_names = _read_hierarchy(path / "hierarchy.json", train.classes)
-    probe = _image_folder(path / "train", size, False, flip)
+    probe = _image_folder(path / "train", size, False, flip, stats)
     return DataBundle(train, val, tuple(train.classes), superclass_of, superclass_names, size, spec, probe)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from splitc.data import families, synthetic
-from splitc.data.bundle import DataBundle, DataError, channel_stats, check_size, tensor_splits
+from splitc.data.bundle import DataBundle, DataError, check_size, pick_stats, tensor_splits
 from splitc.data.folders import load_cifar100, load_imagefolder
 from splitc.data.sizes import Size
 
@@ -49,40 +49,42 @@ def describe_specs() -> str:
 
 
 def load_data(spec: str, input_size: Size | None = None, *, seed: int = 0,
-              flip: bool = True, synthetic_size: str = "default") -> DataBundle:
-    """Load the train and validation splits named by ``spec`` (see :func:`describe_specs`)."""
+              flip: bool = True, synthetic_size: str = "default", normalize: str | None = None) -> DataBundle:
+    """Load the train and validation splits named by ``spec`` (see :func:`describe_specs`),
+    normalised by the form's default statistics or ``normalize`` (``bundle.pick_stats``)."""
     kind, _, arg = spec.strip().partition(":")
     if kind not in _NATURAL_SIZE:
         raise DataError(f"unknown --data {spec!r}; accepted forms: synthetic, synthetic:fast, "
                         "synthetic:families, digits, cifar100:PATH, imagefolder:PATH")
     size = check_size(input_size if input_size is not None else _NATURAL_SIZE[kind])
     if kind == "synthetic" and arg.startswith("families"):
-        return _load_families(spec, arg, size, seed, flip)
+        return _load_families(spec, arg, size, seed, flip, normalize)
     if kind == "synthetic":
-        return _load_synthetic(spec, arg or synthetic_size, size, seed, flip)
+        return _load_synthetic(spec, arg or synthetic_size, size, seed, flip, normalize)
     if kind == "digits":
         if arg:
             raise DataError(f"--data {spec!r}: 'digits' takes no argument; use --data digits")
-        return _load_digits(spec, size, seed, flip)
+        return _load_digits(spec, size, seed, flip, normalize)
     if not arg:
         raise DataError(f"--data {spec!r} needs a folder: use --data {kind}:PATH")
     path = Path(arg).expanduser()
     if kind == "cifar100":
-        return load_cifar100(spec, path, size, flip)
-    return load_imagefolder(spec, path, size, flip)
+        return load_cifar100(spec, path, size, flip, normalize)
+    return load_imagefolder(spec, path, size, flip, normalize)
 
 
 # --- synthetic and digits ------------------------------------------------------------------
 
-def _load_synthetic(spec: str, variant: str, size: Size, seed: int, flip: bool) -> DataBundle:
+def _load_synthetic(spec: str, variant: str, size: Size, seed: int, flip: bool,
+                    normalize: str | None) -> DataBundle:
     """The embedded hierarchical dataset of :mod:`splitc.data.synthetic`."""
     if variant not in synthetic.SIZES:
         raise DataError(f"unknown synthetic size {variant!r}; use one of "
                         + ", ".join(f"synthetic:{k}" for k in synthetic.SIZES))
-    return _embedded(synthetic, variant, spec, size, seed, flip)
+    return _embedded(synthetic, variant, spec, size, seed, flip, normalize)
 
 
-def _load_families(spec: str, arg: str, size: Size, seed: int, flip: bool) -> DataBundle:
+def _load_families(spec: str, arg: str, size: Size, seed: int, flip: bool, normalize: str | None) -> DataBundle:
     """The capacity-bound embedded dataset of :mod:`splitc.data.families`
     (``synthetic:families``, ``synthetic:families-fast``, ``synthetic:families-tiny``)."""
     head, _, variant = arg.partition("-")
@@ -90,20 +92,21 @@ def _load_families(spec: str, arg: str, size: Size, seed: int, flip: bool) -> Da
     if head != "families" or variant not in families.SIZES:
         raise DataError(f"unknown families size {arg!r}; use one of synthetic:families, "
                         + ", ".join(f"synthetic:families-{k}" for k in families.SIZES if k != "default"))
-    return _embedded(families, variant, spec, size, seed, flip)
+    return _embedded(families, variant, spec, size, seed, flip, normalize)
 
 
-def _embedded(data, variant: str, spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
+def _embedded(data, variant: str, spec: str, size: Size, seed: int, flip: bool,
+              normalize: str | None) -> DataBundle:
     """A bundle of an embedded generator module (``synthetic`` or ``families``): train is
     stream 0, validation stream 1, so they never share images."""
     n_train, n_val = data.SIZES[variant]
     train = data.generate(n_train, seed, 0)
     val = data.generate(n_val, seed, 1)
-    tr, va, probe = tensor_splits(train, val, size, channel_stats(train[0]), flip)
+    tr, va, probe = tensor_splits(train, val, size, pick_stats(normalize, None, train[0]), flip)
     return DataBundle(tr, va, data.CLASS_NAMES, data.SUPERCLASS_OF, data.SUPERCLASS_NAMES, size, spec, probe)
 
 
-def _load_digits(spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
+def _load_digits(spec: str, size: Size, seed: int, flip: bool, normalize: str | None) -> DataBundle:
     """sklearn's bundled 8x8 digits with a stratified 80/20 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -114,6 +117,6 @@ def _load_digits(spec: str, size: Size, seed: int, flip: bool) -> DataBundle:
                                           stratify=digits.target, random_state=seed)
     x, y = torch.from_numpy(images), torch.from_numpy(digits.target.astype(np.int64))
     train, val = (x[idx_train], y[idx_train]), (x[idx_val], y[idx_val])
-    tr, va, probe = tensor_splits(train, val, size, channel_stats(train[0]), flip)
+    tr, va, probe = tensor_splits(train, val, size, pick_stats(normalize, None, train[0]), flip)
     names = tuple(str(n) for n in digits.target_names)
     return DataBundle(tr, va, names, None, None, size, spec, probe)

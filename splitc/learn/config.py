@@ -4,7 +4,7 @@ that the optimiser and schedule modules can read the config without importing th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,13 +22,23 @@ REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap
 # cluster-cut: that clustering is the class map, every channel space is placed by the trained
 #   weights around it (splitc.learn.cut_groups) and committed at once (the authors' ImageNet
 #   code also clustered the classes first).
-INIT_GROUPS = ("learned", "cluster", "cluster-cut")
+# classifier-cut: as cluster-cut, but the class map clusters the rows of the trained classifier's
+#   weight matrix (the authors' ImageNet practice from a trained ResNet-50).
+INIT_GROUPS = ("learned", "cluster", "cluster-cut", "classifier-cut")
+CUT_INITS = ("cluster-cut", "classifier-cut")   # the class map fixed at once, channels placed around it
 # What --init-groups means when not given, where it applies (see default_init_groups): chosen by
 # the end-to-end table on synthetic:families (docs/LEARN.md, "Which grouping").
 DEFAULT_INIT_GROUPS = "cluster-cut"
 COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
 DEFAULT_GROUPS = "4"
+# The recipe's numbers that depend on the start (issue 26): from random weights (the paper's
+# CIFAR schedule: a plain warm-up first), or from trained ones (--weights that clear chance): no
+# warm-up, a finetune-sized lr and a short budget of epochs, as the authors' ImageNet code.
+# γ_W x lr is what R_W shrinks the cut by per step: the trained start keeps the scratch product.
+SCRATCH_DEFAULTS = {"lr": 0.1, "gamma_w": 1.0, "warmup_epochs": 3.0, "warmup": "adaptive", "lr_warmup_epochs": 0.5}
+TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup": "fixed", "lr_warmup_epochs": 0.0,
+                    "epochs": 3}
 
 
 @dataclass(frozen=True)
@@ -44,25 +54,25 @@ class LearnConfig:
     input_size: tuple[int, int, int] | None = None
     assign: str = "softmax"
     init_groups: str | None = None  # None: default_init_groups (INIT_GROUPS says what each does)
-    gamma_w: float = 1.0
+    gamma_w: float | None = None    # None: SCRATCH_DEFAULTS or TRAINED_DEFAULTS (resolve_start)
     gamma_d: float = 1.0
     gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
     gamma_d_rise: float = 1.0       # ... over this fraction of the regularized steps, then holds
     gamma_e: float = 10.0
     assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn.optim
     assign_lr_mult: float = 0.2     # Adam on logits: 0.02 per step at lr 0.1 (learn_optim)
-    warmup_epochs: float = 3.0      # features first (§8): the floor of an adaptive warm-up
-    warmup: str = "adaptive"        # or "fixed": exactly warmup_epochs (learn_schedule)
+    warmup_epochs: float | None = None  # features first (§8): the floor of an adaptive warm-up
+    warmup: str | None = None       # adaptive or fixed: exactly warmup_epochs (learn_schedule)
     commit: bool = True             # fix the groups once decided, so R_W clears the cut (learn_schedule)
     commit_groups: str = "balanced"  # or "argmax": which groups the commit fixes (learn_schedule)
     soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
     epochs: int | None = None       # None: 10 epochs, at least MIN_TOTAL_STEPS (learn_schedule)
     max_steps: int | None = None    # stop after this many optimizer steps in total
     batch_size: int = 64
-    lr: float = 0.1
+    lr: float | None = None         # None: SCRATCH_DEFAULTS or TRAINED_DEFAULTS (resolve_start)
     weight_decay: float = 1e-4
     schedule: str = "cosine"
-    lr_warmup_epochs: float = 0.5   # linear learning-rate warm-up at the start of the run
+    lr_warmup_epochs: float | None = None  # linear learning-rate warm-up at the start of the run
     device: str = "cpu"
     nproc: int = 1                  # data-parallel ranks (learn_dist); the global batch is nproc x batch_size
     seed: int = 0
@@ -73,6 +83,8 @@ class LearnConfig:
     flip: bool = True
     checkpoint_every: int | None = None  # extra checkpoints every N steps (epoch ends always)
     log_every: int = 10
+    weights: str | None = None      # trained weights to start from (graph.weights: file, torchvision:, timm)
+    normalize: str | None = None    # input statistics (data.bundle.pick_stats); None: the data form's
 
     def __post_init__(self) -> None:
         if self.groups is None and self.preset is None:  # a preset brings its own groups
@@ -96,6 +108,9 @@ class LearnResult:
     learned: bool = True             # validation accuracy cleared chance (learn_health)
     warnings: tuple[str, ...] = ()   # one line each, already printed during the run
     init_groups: str | None = None   # how the groups were found (the default resolved)
+    start_val_acc: float | None = None   # --weights: the trained model before anything changed
+    oneshot_val_acc: float | None = None  # the start cut at once (a one-shot split), before clearing
+    teacher: str | None = None       # the dense weights the split came from (finetune --distill)
 
 
 def check_config(config: LearnConfig) -> None:
@@ -112,7 +127,7 @@ def check_config(config: LearnConfig) -> None:
     if not 0 < config.gamma_d_rise <= 1:
         raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
     check_numbers(config)
-    if config.warmup not in ("adaptive", "fixed"):
+    if config.warmup not in (None, "adaptive", "fixed"):
         raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
     if config.init_groups is not None and config.init_groups not in INIT_GROUPS:
         raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
@@ -126,9 +141,16 @@ def check_config(config: LearnConfig) -> None:
     if config.init_groups not in (None, "learned") and config.assign == "random":
         raise SplitcError(f"--init-groups {config.init_groups} needs learned assignments; drop it or use "
                           "--assign softmax / reduced-gradient.")
-    if config.init_groups == "cluster-cut" and not config.commit:
-        raise SplitcError("--init-groups cluster-cut commits its groups at the end of the warm-up; "
+    if config.init_groups in CUT_INITS and not config.commit:
+        raise SplitcError(f"--init-groups {config.init_groups} commits its groups at the end of the warm-up; "
                           "drop --no-commit, or use --init-groups learned for the paper's schedule.")
+
+
+def resolve_start(config: LearnConfig, trained: bool) -> LearnConfig:
+    """Fill the options left unset with the defaults of the run's start (trained or not)."""
+    defaults = TRAINED_DEFAULTS if trained else SCRATCH_DEFAULTS
+    unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+    return replace(config, **unset)
 
 
 def default_init_groups(config: LearnConfig, levels: int) -> str:
@@ -137,7 +159,7 @@ def default_init_groups(config: LearnConfig, levels: int) -> str:
     (``levels > 1``), ``--no-commit`` (the paper's schedule) and SplitNet-Random keep ``learned``."""
     if config.init_groups is not None:
         return config.init_groups
-    if DEFAULT_INIT_GROUPS == "cluster-cut" and (levels > 1 or not config.commit or config.assign == "random"):
+    if DEFAULT_INIT_GROUPS in CUT_INITS and (levels > 1 or not config.commit or config.assign == "random"):
         return "learned"
     return DEFAULT_INIT_GROUPS
 
@@ -150,6 +172,8 @@ def check_numbers(config: LearnConfig) -> None:
                     "--warmup-epochs": config.warmup_epochs, "--soft-epochs": config.soft_epochs,
                     "--lr-warmup-epochs": config.lr_warmup_epochs}
     for name, value in {**positive, **non_negative}.items():
+        if value is None:   # resolved by resolve_start
+            continue
         if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
             kind = "a finite number > 0" if name in positive else "a finite number >= 0"
             raise SplitcError(f"{name} must be {kind}, got {value}.")

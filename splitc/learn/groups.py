@@ -126,6 +126,14 @@ def classifier_energy(gm: fx.GraphModule, ir: ChannelIR) -> np.ndarray:
     return weight_energy_matrix(W, layer.conv_groups).t().numpy()
 
 
+def classifier_rows(gm: fx.GraphModule, ir: ChannelIR) -> np.ndarray:
+    """``(num_classes, in)``: the trained classifier's signed weight rows, which the SplitNet
+    authors spectral-clustered to group ImageNet's classes from a trained ResNet-50."""
+    layer = classifier_layer(ir)
+    W = gm.get_submodule(layer.name).weight.detach().float().cpu()
+    return W.reshape(W.shape[0], -1).numpy()
+
+
 def cluster_classes(means: np.ndarray, groups: Sequence[int], seed: int = 0) -> np.ndarray:
     """Balanced clustering into ``groups[-1]`` groups that nests in the coarser levels: the
     classes are split into ``groups[0]`` clusters, each of those into its share of the next

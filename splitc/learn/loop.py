@@ -39,8 +39,8 @@ from tqdm import tqdm
 from splitc.learn import schedule
 from splitc.graph import zoo
 from splitc.graph.analysis import analyse, analysis_warnings
-from splitc.learn.assign import AssignmentSet, cut_energy, splitnet_loss, splitnet_regularizers
-from splitc.data.batches import accuracy, epoch_loader
+from splitc.learn.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
+from splitc.data.batches import epoch_loader
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
 from splitc.core.errors import SplitcError
@@ -51,27 +51,21 @@ from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the 
     REPORT_OVERLAP,
     LearnConfig,
     LearnResult,
+    CUT_INITS,
     check_config,
     default_init_groups,
+    resolve_start,
 )
-from splitc.learn.cut_groups import check_flat, cut_groups
-from splitc.learn.groups import (
-    class_groups,
-    class_space_levels,
-    classifier_energy,
-    cluster_classes,
-    init_class_assignment,
-    space_report,
-    split_input_class_means,
-    superclass_ari,
-)
+from splitc.learn.cut_groups import check_flat
+from splitc.learn.groups import class_groups, space_report, superclass_ari
+from splitc.learn.grouping import cut_shares, end_warmup, evaluate, masked_val_acc, warn
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import disjoint_weight, lr_ramp_steps, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
+from splitc.learn.start import TEACHER, build_start
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
 from splitc.passes.harden import fuzzy_nodes
-from splitc.passes.mask import mask_inter_group
 from splitc.graph.scope import make_spec
 
 def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> LearnResult:
@@ -89,7 +83,7 @@ def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> 
     run = _setup(config, ranks)
     if config.resume:
         restore_run(run)
-    for line in analysis_warnings(run.analysis):
+    for line in (*run.start_notes, *analysis_warnings(run.analysis)):
         warn(run, line)
     _train(run, progress)
     val_acc = evaluate(run)
@@ -103,13 +97,15 @@ def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
     """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
     torch.manual_seed(config.seed)
     bundle = load_data(config.data, config.input_size or pick_input_size(config), seed=config.seed,
-                       flip=config.flip)
-    spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
-    analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size)
-    config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
-    if config.init_groups == "cluster-cut":
-        check_flat(analysis.scope)
+                       flip=config.flip, normalize=config.normalize)
     device = torch.device(config.device)
+    spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
+    start = build_start(config.model, config.weights, bundle, device)
+    config = resolve_start(config, start.trained)
+    analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size, model=start.model)
+    config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
+    if config.init_groups in CUT_INITS:
+        check_flat(analysis.scope)
     analysis.gm.to(device)
     aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
     steps_per_epoch = max(1, len(bundle.train) // (config.batch_size * ranks.world))
@@ -117,7 +113,11 @@ def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
     floor, cap = schedule.warmup_bounds(config.warmup_epochs, steps_per_epoch, total, config.warmup == "adaptive")
     soft = round(config.soft_epochs * steps_per_epoch)
     return LearnRun(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
-                    Path(config.out), steps_per_epoch, total, cap, soft, floor, ranks=ranks)
+                    Path(config.out), steps_per_epoch, total, cap, soft, floor, ranks=ranks,
+                    start_val_acc=start.val_acc, start_notes=start.notes,
+                    weights=None if start.weights is None else {"source": start.weights.source,
+                                                                "path": start.weights.path,
+                                                                "sha256": start.weights.sha256})
 
 
 def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
@@ -140,7 +140,7 @@ def _train(run: LearnRun, progress: bool) -> None:
     ramp = lr_ramp_steps(run.config.lr_warmup_epochs, run.steps_per_epoch, run.total_steps)
     run.scheduler = schedule_at(run.optimizers["weights"], run.config.lr, run.config.schedule, run.total_steps, run.step, ramp)
     with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
-        _maybe_end_warmup(run)
+        end_warmup(run)
         while run.step < run.total_steps:
             epoch, skip = divmod(run.step, run.steps_per_epoch)
             if skip == 0:
@@ -204,7 +204,7 @@ def _after_step(run: LearnRun, metrics: dict[str, Any]) -> None:
     epoch_end = run.step % run.steps_per_epoch == 0
     if epoch_end:
         run.val_history.append(evaluate(run))
-        cut = _cut_energy(run).get("total")
+        cut = cut_shares(run).get("total")
         log_record(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
                    "train_acc": train_acc(run), "val_acc": run.val_history[-1], "frozen": list(run.frozen),
                    "cut_energy": cut, "phase": phase(run), "rw_scale": run.rw_scale})
@@ -212,7 +212,7 @@ def _after_step(run: LearnRun, metrics: dict[str, Any]) -> None:
             run.rw_scale = schedule.next_rw_scale(run.rw_scale, cut, run.last_cut)
         run.last_cut = cut
         _decide_warmup(run)
-    _maybe_end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
+    end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
     _maybe_commit(run)
     periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
     if (epoch_end or periodic) and run.step < run.total_steps:
@@ -266,57 +266,13 @@ def _maybe_commit(run: LearnRun) -> None:
             freeze_space(run, space)
     run.committed = True
     log_record(run, {"kind": "commit", "step": run.step, "crispness": {str(s): c for s, c in crisp.items()},
-               "cut_energy": _cut_energy(run).get("total")})
+               "cut_energy": cut_shares(run).get("total")})
 
 
-def _cut_energy(run: LearnRun) -> dict[str, float]:
-    return cut_energy(run.analysis.gm, run.analysis.ir, run.analysis.scope, run.aset)
 
 
-def _maybe_end_warmup(run: LearnRun) -> None:
-    """At the end of the warm-up, cluster the classes by their features at the split input:
-    ``feature_ari`` when superclasses are known, and the class-space start for ``cluster``."""
-    ir, scope = run.analysis.ir, run.analysis.scope
-    if run.probed or run.step < run.warmup_steps:
-        return
-    run.probed = True
-    if run.val_history or run.config.warmup == "adaptive":
-        acc = run.val_history[-1] if run.val_history and run.step % run.steps_per_epoch == 0 else evaluate(run)
-        if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
-            warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val),
-                                     f"at the end of the warm-up (step {run.step})"))
-    wanted = run.bundle.superclass_of is not None or run.config.init_groups != "learned"
-    if not wanted or ir.class_space not in run.aset:
-        return
-    dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
-    means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.bundle.num_classes, run.device)
-    labels = cluster_classes(means, class_space_levels(scope, ir), seed=run.config.seed)
-    run.feature_groups = tuple(int(g) for g in labels)
-    run.feature_ari = superclass_ari(run.bundle.superclass_of, labels)
-    energy = cluster_classes(classifier_energy(run.analysis.gm, ir), class_space_levels(scope, ir),
-                             seed=run.config.seed)
-    run.energy_ari = superclass_ari(run.bundle.superclass_of, energy)
-    if run.config.init_groups == "cluster":
-        init_class_assignment(run.aset, ir, labels)
-    elif run.config.init_groups == "cluster-cut":
-        _commit_cut_groups(run, labels)
-    log_record(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
-               "classifier_energy_ari": run.energy_ari,
-               "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
-               "init_groups": run.config.init_groups})
 
 
-def _commit_cut_groups(run: LearnRun, class_group) -> None:
-    """``cluster-cut``: every space committed at once to the groups that keep the most weight
-    energy around the class clusters (:mod:`splitc.learn.cut_groups`); clearing starts now."""
-    ir, scope = run.analysis.ir, run.analysis.scope
-    for space, nodes in cut_groups(run.analysis.gm, ir, scope, class_group).items():
-        schedule.commit_groups(run.aset.by_space[str(space)], nodes, scope.groups_of(space))
-        if space not in run.frozen:
-            freeze_space(run, space)
-    run.committed = True
-    log_record(run, {"kind": "commit", "step": run.step, "init_groups": "cluster-cut",
-               "cut_energy": _cut_energy(run).get("total")})
 
 
 def _freeze_crisp_spaces(run: LearnRun) -> None:
@@ -333,27 +289,10 @@ def train_acc(run: LearnRun) -> float:
     return run.train_correct / run.train_seen if run.train_seen else 0.0
 
 
-def evaluate(run: LearnRun, model: torch.nn.Module | None = None) -> float:
-    """Validation accuracy of the dense model, or of ``model`` (the masked one)."""
-    return run.ranks.broadcast(accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device))
 
 
-def masked_val_acc(run: LearnRun) -> float:
-    """Accuracy of the model with its inter-group weights zeroed under the argmax groups: what
-    ``splitc split`` will compute before any finetuning. Weight-energy shares alone do not tell
-    this: on resnet20, zeroing 0.08% of one conv's energy cost 14 pp, because the residual
-    stream's large activations and batch norm amplify small weights. (With ``--overlap`` the
-    split keeps fuzzy nodes in several groups, so this is its lower bound.)"""
-    masked = mask_inter_group(run.analysis.gm, run.analysis.ir, run.analysis.scope, run.aset.hard())
-    return evaluate(run, masked.to(run.device))
 
 
-def warn(run: LearnRun, message: str) -> None:
-    """One warning line, printed now (above the progress bar) and kept for the summary."""
-    if message not in run.warnings:
-        run.warnings.append(message)
-        tqdm.write(f"warning: {message}", file=sys.stderr)
-        log_record(run, {"kind": "warning", "step": run.step, "message": message})
 
 
 def _finish(run: LearnRun, val_acc: float) -> LearnResult:
@@ -362,7 +301,7 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
                            s in run.frozen) for s in sorted(soft)]
-    shares = _cut_energy(run)
+    shares = cut_shares(run)
     masked_acc = masked_val_acc(run) if run.aset.by_space else None
     classes, n_val = run.bundle.num_classes, len(run.bundle.val)
     learned = not near_chance(val_acc, classes, n_val)
@@ -377,10 +316,13 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
            "classifier_energy_ari": run.energy_ari, "cut_energy": shares, "masked_val_acc": masked_acc,
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
            LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
-           "committed": run.committed, "grad_share": run.grad_share}
+           "committed": run.committed, "grad_share": run.grad_share, "weights": run.weights,
+           "start_val_acc": run.start_val_acc, "oneshot_val_acc": run.oneshot_val_acc,
+           "teacher": None if run.teacher_sha256 is None else {"file": TEACHER, "sha256": run.teacher_sha256}}
     if run.ranks.main:
         atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
                        run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings),
-                       run.config.init_groups)
+                       run.config.init_groups, run.start_val_acc, run.oneshot_val_acc,
+                       None if run.teacher_sha256 is None else str(run.run_dir / TEACHER))

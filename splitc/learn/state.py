@@ -49,6 +49,11 @@ class LearnRun:
     warnings: list[str] = field(default_factory=list)
     ranks: Ranks = SINGLE                      # data-parallel learn: this process's rank (learn_ranks)
     scheduler: Any = None                      # the weights' LambdaLR, positioned when training starts
+    start_val_acc: float | None = None         # --weights: the trained model before the first step
+    start_notes: tuple[str, ...] = ()          # what loading --weights adapted or found (learn_start)
+    weights: dict[str, str] | None = None      # --weights: source, path, SHA-256
+    oneshot_val_acc: float | None = None       # the start cut at once by the committed groups
+    teacher_sha256: str | None = None          # teacher.safetensors, written when the regularizers start
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
@@ -90,6 +95,7 @@ def save_run(run: LearnRun) -> Path:
         "rw_scale": run.rw_scale, "last_cut": run.last_cut,
         "warnings": run.warnings, "classifier_energy_ari": run.energy_ari,
         "feature_groups": list(run.feature_groups) if run.feature_groups is not None else None,
+        "oneshot_val_acc": run.oneshot_val_acc, "teacher_sha256": run.teacher_sha256,
         "train_correct": run.train_correct, "train_seen": run.train_seen, "rng": _rng_states(),
     })
 
@@ -116,6 +122,7 @@ def restore_run(run: LearnRun) -> None:
     run.rw_scale, run.last_cut = float(ckpt.get("rw_scale", 1.0)), ckpt.get("last_cut")
     run.grad_share, run.warnings = ckpt.get("grad_share"), list(ckpt.get("warnings", []))
     run.energy_ari = ckpt.get("classifier_energy_ari")
+    run.oneshot_val_acc, run.teacher_sha256 = ckpt.get("oneshot_val_acc"), ckpt.get("teacher_sha256")
     groups = ckpt.get("feature_groups")
     run.feature_groups = tuple(groups) if groups is not None else None
     if run.ranks.main:
