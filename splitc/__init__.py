@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 EXPORTS = {
     "register_module": "splitc.graph.opkinds",
     "register_function": "splitc.graph.opkinds",
+    "save": "splitc.compile.artifact",      # a split model -> one file that loads without its class
+    "load": "splitc.compile.split_dir",     # that file, or a split directory -> the SplitModel
 }
 __all__ = ["__version__", *EXPORTS]
 

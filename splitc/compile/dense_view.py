@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from splitc.compile.split import permuted_assignment
-from splitc.compile.split_dir import LoadedSplit
+from splitc.compile.split_dir import LoadedSplit, ModelUnavailable
 from splitc.core.numerics import relative_error
 from splitc.graph.group_tree import HardAssignment
 from splitc.passes.assemble import assemble
@@ -56,8 +56,12 @@ class DenseSplit:
 
 
 def dense_split(loaded: LoadedSplit) -> tuple[DenseSplit | None, str]:
-    """The dense view of ``loaded``, or None and the reason it has none."""
-    a, hard = loaded.analysis, loaded.assignment
+    """The dense view of ``loaded``, or None and the reason it has none (it needs the original
+    model's analysis, so a model that cannot be built here has none)."""
+    try:
+        a, hard = loaded.analysis, loaded.assignment
+    except ModelUnavailable as exc:
+        return None, f"no dense view: {exc}"
     if hard.overlap:
         return None, "an overlap split duplicates channels, which one dense graph cannot hold"
     perm = permutation_from_ranks(a.ir, group_contiguous_ranks(hard))

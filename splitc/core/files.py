@@ -12,6 +12,7 @@ LEARN_METRICS = "metrics.jsonl"
 ASSIGNMENT_JSON = "assignment.json"
 # split directory (splitc split --out; finetune writes into it)
 SPLIT_JSON = "split.json"
+SPLIT_ARTIFACT = "split.splitc"   # the compiled split as exported programs (compile/artifact.py)
 UNSPLIT_WEIGHTS = "unsplit.safetensors"
 SPLIT_WEIGHTS = "split.safetensors"
 FINETUNED_WEIGHTS = "finetuned.safetensors"

@@ -36,7 +36,7 @@ from splitc.compile.split import subgraph_inputs
 from splitc.graph.counting import count_graph
 from splitc.core.pipeline import PassRunner
 from splitc.deploy.lowering import LOWERED_FILE, choose_graph, lowered_module
-from splitc.compile.split_dir import LoadedSplit, load_split, read_meta, write_json
+from splitc.compile.split_dir import LoadedSplit, load_split, load_unsplit, read_meta, spec_from_dict, write_json
 from splitc.graph.split_model import INPUT, TensorRef
 
 OPSET = 18
@@ -71,7 +71,7 @@ def export_split(split_dir: str | os.PathLike, out: str | os.PathLike, devices: 
         plan, size = loaded.model.plan, loaded.input_size
         costs = _stored_costs(loaded)
         split_model, weights_file, class_names = loaded.model, loaded.weights_file, loaded.class_names
-        scope_text = loaded.analysis.scope.spec.describe()
+        scope_text = spec_from_dict(meta["scope"]).describe()
         steps.set_postfix_str("lowering for one device")
         with runner.step("lower"):
             lowered, lowering = (lower_for_one_device(loaded, folder, target[0], size, lower == "always") if lower
@@ -157,18 +157,9 @@ def lower_for_one_device(loaded: LoadedSplit, folder: Path, device: str, size: t
 def unsplit_module(split_dir: str | os.PathLike) -> fx.GraphModule:
     """The model in ``unsplit.safetensors``: the masked model of a plain split (the same
     function as the split: the baseline at equal accuracy), the original one of an overlap split
-    (whose exact reference would stack G models). Built and traced as ``load_split`` does, in
+    (whose exact reference would stack G models). From the split's artifact (no re-trace), in
     eval mode."""
-    from safetensors.torch import load_file
-
-    from splitc.graph import zoo
-    from splitc.graph.frontend import trace
-    from splitc.compile.split_dir import UNSPLIT_WEIGHTS
-
-    meta = read_meta(split_dir)
-    gm = trace(zoo.build(meta["model"], meta["num_classes"]), input_size=tuple(meta["input_size"]))
-    gm.load_state_dict(load_file(str(Path(split_dir) / UNSPLIT_WEIGHTS)))
-    return gm.eval()
+    return load_unsplit(split_dir)
 
 
 def _stored_costs(loaded: LoadedSplit) -> dict[str, Any]:

@@ -1,0 +1,283 @@
+"""A split model as one self-contained file: every subgraph as a ``torch.export`` program.
+
+The file is a zip (stored, not compressed)::
+
+    artifact.json          format, torch version, input size, the plan (wiring), the caller's
+                           meta, and per program the momentum of each BatchNorm
+    programs/<name>.pt2    ``torch.export.save`` of every subgraph (the plan's names) and of the
+                           references (``ref/masked``, ``ref/unsplit``) when given
+
+Why exported programs and not each GraphModule's generated ``code`` plus its state dict:
+loading code means running Python out of the file, and a subgraph can hold the user's leaf
+modules, which only the user's class rebuilds. A program is ATen ops and tensors resolved by
+name, so it loads in a process where the model's class does not exist.
+
+Safety: ``torch.export.load`` unpickles payloads its config marks as pickled, and retries the
+sample inputs with ``weights_only=False``; :func:`check_program` refuses such an archive before
+torch reads it, so loading never runs code from the file.
+
+Trainable again: a program exported in eval mode fixes BatchNorm and dropout to eval, and its
+module refuses ``train()``. :func:`trainable` rebuilds a plain GraphModule in which every such
+op is a torch.nn layer again (``BatchNorm1d/2d/3d`` with the saved momentum over the same
+tensors, ``Dropout``), so parameter names, ``train()`` and ``eval()`` behave as in the split.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from splitc.compile.split import CompiledSplit, subgraph_inputs
+from splitc.core.errors import SplitcError
+from splitc.core.outputs import atomic_write
+from splitc.graph.split_model import SplitModel, SplitPlan
+
+FORMAT = 1
+HEADER = "artifact.json"
+PROGRAMS = "programs/"
+REFERENCE = "ref/"          # programs/ref/<name>.pt2: the split's references (masked, unsplit)
+EXAMPLE_BATCH = 2           # traced batch; the batch dimension is exported dynamic
+ATEN = torch.ops.aten
+DROPOUTS = {ATEN.dropout.default: {0: nn.Dropout}, ATEN.alpha_dropout.default: {0: nn.AlphaDropout},
+            ATEN.feature_dropout.default: {3: nn.Dropout1d, 4: nn.Dropout2d, 5: nn.Dropout3d},
+            ATEN.feature_alpha_dropout.default: {0: nn.FeatureAlphaDropout}}
+BATCH_NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclass(frozen=True)
+class SplitArtifact:
+    """What an artifact file holds, rebuilt: the split model and its references."""
+
+    model: SplitModel
+    input_size: tuple[int, ...]
+    meta: dict[str, Any]
+    references: dict[str, nn.Module] = field(default_factory=dict)
+    eval_only: tuple[str, ...] = ()   # ops that stay in eval mode when the model trains
+
+
+def save(split: SplitModel | CompiledSplit, path: str | os.PathLike,
+         input_size: tuple[int, ...] | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """``splitc.save``: write ``split`` (a SplitModel, or a CompiledSplit whose masked reference
+    is kept too) to one file that loads without the model's class. ``input_size`` is (C, H, W)."""
+    model, references = (split.model, {"masked": split.masked}) if isinstance(split, CompiledSplit) else (split, {})
+    size = input_size or (meta or {}).get("input_size")
+    if not size:
+        raise SplitcError("splitc.save needs the model's input size: pass input_size=(C, H, W).")
+    return save_artifact(model, path, {**(meta or {}), "input_size": list(size)}, references)
+
+
+def save_artifact(model: SplitModel, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                  references: dict[str, nn.Module] | None = None) -> Path:
+    """Export every subgraph (and every reference, a whole-model module) at ``meta["input_size"]``
+    and write the artifact atomically; ``meta`` (JSON) is stored as is."""
+    meta = dict(meta or {})
+    size = tuple(meta["input_size"])
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(EXAMPLE_BATCH, *size)
+        examples = subgraph_inputs(model, x)
+        blobs = {s.name: export_module(model.subgraph(s.name), examples[s.name]) for s in model.plan.subgraphs}
+        for name, module in (references or {}).items():
+            blobs[REFERENCE + name] = export_module(module, (x,))
+    finally:
+        model.train(was_training)
+    header = {"format": FORMAT, "torch": torch.__version__, "input_size": list(size), "meta": meta,
+              "plan": model.plan.to_dict(), "references": sorted(references or {}),
+              "batchnorm": {name: blob[1] for name, blob in blobs.items()}}
+    atomic_write(path, lambda tmp: _write_zip(tmp, header, {name: blob[0] for name, blob in blobs.items()}))
+    return Path(path)
+
+
+def export_module(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[bytes, dict[str, float | None]]:
+    """``module`` exported in eval mode with a dynamic batch, as ``torch.export.save`` bytes,
+    and the momentum of each of its BatchNorm layers by name (the eval graph loses it)."""
+    was_training = module.training
+    module.eval()
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(module, tuple(args), dynamic_shapes=tuple({0: batch} for _ in args))
+    except Exception as exc:  # noqa: BLE001 - torch.export's own error, re-raised as is with the module named
+        exc.add_note(f"while exporting {type(module).__name__} with torch.export for the split artifact")
+        raise
+    finally:
+        module.train(was_training)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    momenta = {name: m.momentum for name, m in module.named_modules() if isinstance(m, _BatchNorm)}
+    return buffer.getvalue(), momenta
+
+
+def _write_zip(tmp: str, header: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(HEADER, json.dumps(header, indent=1))
+        for name, blob in blobs.items():
+            archive.writestr(f"{PROGRAMS}{name}.pt2", blob)
+
+
+def load(path: str | os.PathLike) -> SplitModel:
+    """``splitc.load`` for an artifact file: the split model, in eval mode."""
+    return load_artifact(path)
+
+
+def load_artifact(path: str | os.PathLike) -> SplitModel:
+    return read_artifact(path).model
+
+
+def read_artifact(path: str | os.PathLike, references: bool = True) -> SplitArtifact:
+    """Rebuild everything the artifact at ``path`` holds (the references only if asked);
+    a missing, foreign or corrupt file is one SplitcError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitcError(f"{path} does not exist (a split artifact, written by splitc.save or splitc split).")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            header = _read_header(archive, path)
+            plan = SplitPlan.from_dict(header["plan"])
+            names = [s.name for s in plan.subgraphs]
+            wanted = names + ([REFERENCE + r for r in header["references"]] if references else [])
+            modules, eval_only = {}, []
+            for name in wanted:
+                modules[name], fixed = load_program(archive.read(f"{PROGRAMS}{name}.pt2"),
+                                                    header["batchnorm"].get(name, {}))
+                eval_only += [f"{name}: {op}" for op in fixed]
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as exc:
+        raise SplitcError(f"{path} is corrupt or not a split artifact ({type(exc).__name__}: "
+                          f"{str(exc)[:120]}); save the split again.") from None
+    if eval_only:
+        warnings.warn(f"{path}: {', '.join(eval_only)} stay in eval mode when the model trains", stacklevel=2)
+    model = SplitModel(plan, {n: modules[n] for n in names}).eval()
+    refs = {n[len(REFERENCE):]: m.eval() for n, m in modules.items() if n.startswith(REFERENCE)}
+    return SplitArtifact(model, tuple(header["input_size"]), header["meta"], refs, tuple(eval_only))
+
+
+def read_reference(path: str | os.PathLike, name: str) -> nn.Module:
+    """One reference of the artifact (``masked`` or ``unsplit``) without the split model."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            header = _read_header(archive, Path(path))
+            key = REFERENCE + name
+            module, _ = load_program(archive.read(f"{PROGRAMS}{key}.pt2"), header["batchnorm"].get(key, {}))
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as exc:
+        raise SplitcError(f"{path} is corrupt or holds no {name} reference ({type(exc).__name__}: "
+                          f"{str(exc)[:120]}); save the split again.") from None
+    return module.eval()
+
+
+def _read_header(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    header = json.loads(archive.read(HEADER).decode("utf-8"))
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise SplitcError(f"{path} is a split artifact of format {found!r}, this splitc reads format "
+                          f"{FORMAT}; save the split again with this version.")
+    return header
+
+
+def load_program(blob: bytes, momenta: dict[str, float | None]) -> tuple[fx.GraphModule, list[str]]:
+    """One exported program as a trainable GraphModule, and the ops left in eval mode."""
+    check_program(blob)
+    program = torch.export.load(io.BytesIO(blob))
+    return trainable(program.module(check_guards=False), momenta)
+
+
+def check_program(blob: bytes) -> None:
+    """Refuse a program archive that would make ``torch.export.load`` unpickle: a payload marked
+    as pickled, a custom or opaque object, a legacy ``.pt`` weights file, or sample inputs that
+    ``weights_only`` loading rejects (torch then retries them with full unpickling)."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        for name in archive.namelist():
+            if name.endswith("_config.json") and "/data/" in name:
+                config = json.loads(archive.read(name)).get("config", {})
+                if any(entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_"))
+                       for entry in config.values()):
+                    raise ValueError(f"{name} holds a pickled payload, which splitc does not load")
+            elif name.endswith(".pt") and "/sample_inputs/" not in name:
+                raise ValueError(f"{name} is a pickled file, which splitc does not load")
+            elif name.endswith(".pt"):
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - any failure means torch would unpickle it fully
+                    raise ValueError(f"{name} is not plain tensors ({type(exc).__name__})") from None
+
+
+def trainable(module: fx.GraphModule, momenta: dict[str, float | None]) -> tuple[fx.GraphModule, list[str]]:
+    """A plain GraphModule over ``module``'s graph and tensors in which BatchNorm and dropout
+    are torch.nn layers again (they follow train()/eval()); the ops it could not rebuild."""
+    graph, fixed = module.graph, []
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is ATEN.batch_norm.default:
+            if not _as_batch_norm(module, node, momenta):
+                fixed.append(f"batch_norm {node.name}")
+        elif node.target in DROPOUTS:
+            if not _as_dropout(module, node):
+                fixed.append(f"{node.target.__name__} {node.name}")
+    graph.eliminate_dead_code()
+    for node in graph.nodes:
+        node.meta = {}   # fake-tensor values of the export: not needed, and they do not deepcopy
+    return fx.GraphModule(module, graph, class_name="ExportedSubgraph"), fixed
+
+
+def _as_batch_norm(module: fx.GraphModule, node: fx.Node, momenta: dict[str, float | None]) -> bool:
+    """Replace one eval-mode ``aten.batch_norm`` by a call of a BatchNorm layer that owns the
+    same tensors, at the path they already have; False when they are not one layer's."""
+    x, weight, bias, mean, var, training, momentum, eps = node.args[:8]
+    refs = dict(zip(BN_TENSORS, (weight, bias, mean, var)))
+    held = {leaf: ref for leaf, ref in refs.items() if ref is not None}
+    if not held or any(not isinstance(r, fx.Node) or r.op != "get_attr" for r in held.values()):
+        return False
+    prefixes = {r.target.rpartition(".")[0] for r in held.values()}
+    prefix = prefixes.pop() if len(prefixes) == 1 else ""
+    if not prefix or any(r.target != f"{prefix}.{leaf}" for leaf, r in held.items()) or (training and mean is not None):
+        return False
+    holder = module.get_submodule(prefix)
+    own = {n for n, _ in holder.named_parameters(recurse=False)} | {n for n, _ in holder.named_buffers(recurse=False)}
+    if own - set(held) - {"num_batches_tracked"} or list(holder.children()) or x.meta.get("val") is None:
+        return False
+    cls = BATCH_NORMS.get(x.meta["val"].dim())
+    if cls is None:
+        return False
+    first = getattr(holder, next(iter(held)))
+    layer = cls(first.shape[0], eps=eps, momentum=momenta.get(prefix, momentum), affine=weight is not None,
+                track_running_stats=mean is not None)
+    for leaf in own:
+        setattr(layer, leaf, getattr(holder, leaf))
+    parent, _, leaf = prefix.rpartition(".")
+    setattr(module.get_submodule(parent), leaf, layer)
+    with module.graph.inserting_before(node):
+        call = module.graph.call_module(prefix, (x,))
+    node.replace_all_uses_with(call)
+    module.graph.erase_node(node)
+    return True
+
+
+def _as_dropout(module: fx.GraphModule, node: fx.Node) -> bool:
+    """Replace one eval-mode dropout by a torch.nn dropout layer of the same rate."""
+    x, p, train = node.args[:3]
+    classes = DROPOUTS[node.target]
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    cls = classes.get(0) or (classes.get(val.dim()) if val is not None else None)
+    if train or cls is None:
+        return False
+    name = node.name
+    while hasattr(module, name):
+        name += "_"
+    module.add_submodule(name, cls(p))
+    with module.graph.inserting_before(node):
+        call = module.graph.call_module(name, (x,))
+    node.replace_all_uses_with(call)
+    module.graph.erase_node(node)
+    return True
