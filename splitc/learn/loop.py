@@ -62,7 +62,7 @@ from splitc.learn.grouping import cut_shares, end_warmup, evaluate, masked_val_a
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import disjoint_weight, lr_ramp_steps, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
-from splitc.learn.start import TEACHER, build_start
+from splitc.learn.start import TEACHER, build_start, save_teacher
 from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
 from splitc.passes.harden import fuzzy_nodes
@@ -297,6 +297,8 @@ def train_acc(run: LearnRun) -> float:
 
 def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     """Write assignment.json (what the split pass reads) and build the result."""
+    if run.teacher_sha256 is None and run.ranks.main:   # the warm-up never ended: the run's dense weights
+        run.teacher_sha256 = save_teacher(run.analysis.gm, run.run_dir)
     soft, hard = run.aset.soft(), run.aset.hard().groups_of_space
     threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,

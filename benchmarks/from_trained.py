@@ -1,0 +1,278 @@
+"""The from-trained table (issue 26): every row starts from the same trained resnet20.
+
+    .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups 2,4]
+        [--teacher-epochs 20] [--post-epochs 6] [--learn-epochs 3] [--seeds 0,1,2] [--jobs 2]
+        [--rows all] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
+
+Per seed, one plain resnet20 is trained once (the teacher, ``end_to_end.fit_plain``) and saved;
+then, per G, every row spends the same ``--post-epochs`` of training steps after the teacher and
+the compressed rows have the split's params:
+
+- ``default`` / ``default+kd``: ``splitc learn --weights teacher`` (the trained-start recipe,
+  ``--learn-epochs`` of them), ``split``, then ``finetune`` for the rest, without / with ``--distill``;
+- ``random`` / ``random+kd``: the same with SplitNet-Random (``--assign random``) from the teacher;
+- ``pruned`` / ``pruned+kd``: the teacher pruned by Torch-Pruning (L2 magnitude, DepGraph-coupled,
+  its ``--split-from`` region, ``anchors.prune_to``) to the split's params, then finetuned with
+  finetune's optimiser (SGD lr 0.01, Nesterov, wd 5e-4, cosine) without / with distillation;
+- ``narrow``: resnet20 at the split's params trained from scratch for teacher + post epochs;
+- ``scratch``: the split architecture itself (the default row's split model, re-initialised)
+  trained from scratch for teacher + post epochs: the control of Liu et al. 2019.
+
+It prints per row the mean ± std over the seeds of the final accuracy, of the one-shot split
+(groups committed, nothing cleared) and of the split after clearing, and the seconds per run
+(learn + split + finetune for the split rows); the margins the issue's acceptance reads. Every
+number is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss
+from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.compile.split_dir import load_split
+from splitc.compile.split_run import run_split
+from splitc.core.tables import table
+from splitc.data.batches import accuracy
+from splitc.data.loaders import load_data
+from splitc.graph import zoo
+from splitc.learn.loop import LearnConfig, learn
+
+CPU = torch.device("cpu")
+ROWS = {
+    "default": "splitc default from the teacher",
+    "default+kd": "splitc default from the teacher, finetune --distill",
+    "random": "SplitNet-Random from the teacher",
+    "random+kd": "SplitNet-Random from the teacher, --distill",
+    "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
+    "pruned+kd": "Torch-Pruning from the teacher, distilled",
+    "narrow": "narrow resnet20 from scratch (teacher + post steps)",
+    "scratch": "the split architecture from scratch (teacher + post steps)",
+}
+
+
+def teacher_path(args: argparse.Namespace, seed: int) -> Path:
+    return Path(args.out) / f"teacher-seed{seed}.pt"
+
+
+def train_teacher(args: argparse.Namespace, seed: int) -> dict:
+    from end_to_end import fit_plain
+
+    torch.manual_seed(seed)
+    bundle = load_data(args.data, seed=seed)
+    model = zoo.build(args.model, bundle.num_classes)
+    fit_plain(model, bundle, args.teacher_epochs, args.batch_size, args.lr, seed, progress=False)
+    path = teacher_path(args, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU)}
+
+
+def split_rows(args: argparse.Namespace, groups: int, seed: int, assign: str) -> list[dict]:
+    """learn from the teacher -> split -> finetune twice (plain, distilled) from the same split."""
+    key = "default" if assign == "softmax" else "random"
+    out = Path(args.out) / f"{key}-g{groups}-seed{seed}"
+    started = time.perf_counter()
+    result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
+                               weights=str(teacher_path(args, seed)), epochs=args.learn_epochs, assign=assign,
+                               batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
+                   progress=False)
+    summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
+    shared = time.perf_counter() - started
+    bundle = load_data(args.data, seed=seed)
+    cleared = accuracy(load_split(out / "split").model, bundle.val, CPU)
+    rows = []
+    for distill in (False, True):
+        folder = out / ("split-kd" if distill else "split")
+        if distill:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(out / "split", folder)
+        t0 = time.perf_counter()
+        tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
+                                        epochs=args.post_epochs - args.learn_epochs, batch_size=args.batch_size,
+                                        distill=distill), progress=False)
+        rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
+                     "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
+                     "start_val_acc": result.start_val_acc, "oneshot_val_acc": result.oneshot_val_acc,
+                     "cleared_val_acc": cleared, "cut_energy": result.cut_energy,
+                     "superclass_ari": result.superclass_ari, "split_dir": str(folder),
+                     "seconds": round(shared + time.perf_counter() - t0, 1),
+                     "finetune_seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.Namespace, seed: int,
+                   teacher: torch.nn.Module | None) -> None:
+    """finetune's optimiser on a dense (pruned) model: SGD lr 0.01, Nesterov, wd 5e-4, cosine."""
+    steps = epochs * max(1, len(bundle.train) // args.batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    loader = torch.utils.data.DataLoader(bundle.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            logits = model(x)
+            if teacher is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distill_loss(logits, target, y, DEFAULT_T, DEFAULT_ALPHA)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> dict:
+    from anchors import narrow_widths, params, prune_to, split_params
+    from end_to_end import fit_plain
+    from splitc.models.resnet_cifar import CifarResNet
+
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    bundle = load_data(args.data, seed=seed)
+    target = split_params(args.model, groups, args.split_from, bundle.num_classes, bundle.input_size)
+    extra: dict = {}
+    if key.startswith("pruned"):
+        teacher = zoo.build(args.model, bundle.num_classes)
+        teacher.load_state_dict(torch.load(teacher_path(args, seed), weights_only=True))
+        model = prune_to(teacher, args.split_from, target, bundle.input_size)
+        extra["oneshot_val_acc"] = accuracy(model, bundle.val, CPU)
+        finetune_dense(model, bundle, args.post_epochs, args, seed, teacher.eval() if key.endswith("+kd") else None)
+    elif key == "narrow":
+        model = CifarResNet(20, bundle.num_classes, narrow_widths(target, bundle.num_classes))
+        fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
+    else:   # scratch: the default split's architecture, every layer re-initialised
+        model = load_split(Path(args.out) / f"default-g{groups}-seed{seed}" / "split").model
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and module is not model:
+                module.reset_parameters()
+        fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
+    return {"key": key, "groups": groups, "seed": seed, "params": params(model), "target_params": target,
+            "val_acc": accuracy(model, bundle.val, CPU), "seconds": round(time.perf_counter() - started, 1), **extra}
+
+
+def run_task(args: argparse.Namespace, task: tuple, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    kind, *rest = task
+    if kind == "teacher":
+        return [{"key": "teacher", **train_teacher(args, rest[0])}]
+    key, groups, seed = rest
+    if key in ("default", "random"):
+        return split_rows(args, groups, seed, "softmax" if key == "default" else "random")
+    return [anchor_row(args, key, groups, seed)]
+
+
+def run_all(args: argparse.Namespace, phases: list[list[tuple]]) -> list[dict]:
+    """Each phase's tasks ``--jobs`` at a time (a phase waits for the one before: teachers, then
+    the rows from them, then the scratch rows that reuse the default row's split)."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    results: list[dict] = []
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for tasks in phases:
+            futures = [pool.submit(run_task, args, t, threads) for t in tasks]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
+                for row in future.result():
+                    results.append(row)
+                    tqdm.write(f"{row['key']} G={row.get('groups', '-')} seed {row['seed']}: "
+                               f"val acc {row['val_acc']:.4f} ({row.get('seconds', 0):.0f} s)")
+                    dump(args, results)
+    return results
+
+
+def dump(args: argparse.Namespace, runs: list[dict]) -> None:
+    path = Path(args.json_out or Path(args.out) / "from_trained.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"args": vars(args), "runs": runs, "rows": summarise(runs)}, indent=1))
+    tmp.replace(path)
+
+
+def stat(values: list[float]) -> list[float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    out = []
+    for groups in sorted({r["groups"] for r in runs if "groups" in r}):
+        for key in ROWS:
+            mine = [r for r in runs if r.get("groups") == groups and r["key"] == key]
+            if mine:
+                out.append({"groups": groups, "key": key, "method": ROWS[key], "seeds": len(mine),
+                            "params": mine[0]["params"], **{f: stat([r.get(f) for r in mine]) for f in (
+                                "val_acc", "oneshot_val_acc", "cleared_val_acc")},
+                            "seconds": statistics.fmean(r["seconds"] for r in mine)})
+    return out
+
+
+def report(runs: list[dict]) -> None:
+    teachers = stat([r["val_acc"] for r in runs if r["key"] == "teacher"]
+                    or list({r["seed"]: r["start_val_acc"] for r in runs if r["key"] == "default"}.values()))
+    ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
+    print(f"teacher (plain resnet20): {ms(teachers)}")
+    rows = summarise(runs)
+    print(table(["G", "method", "params", "val acc", "one-shot split", "after clearing", "seconds per run"],
+                [[r["groups"], r["method"], r["params"], ms(r["val_acc"]), ms(r["oneshot_val_acc"]),
+                  ms(r["cleared_val_acc"]), f"{r['seconds']:.0f}"] for r in rows]))
+    by = {(r["groups"], r["key"]): r for r in rows}
+    for (g, key), r in by.items():
+        for ref in ("pruned" + key[len(key.split("+")[0]):], "random" + key[len(key.split("+")[0]):]):
+            if key.startswith("default") and (g, ref) in by:
+                o = by[(g, ref)]
+                print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "
+                      f"(sum of stds {100 * (r['val_acc'][1] + o['val_acc'][1]):.2f} pp)")
+        if key.startswith("default") and teachers:
+            print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
+
+
+def main() -> None:
+    from end_to_end import training_parser
+
+    parser = training_parser(__doc__)
+    parser.set_defaults(data="synthetic:families")
+    parser.add_argument("--groups-list", dest="groups_list", default="2,4")
+    parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--post-epochs", type=int, default=6, help="training epochs after the teacher, every row")
+    parser.add_argument("--learn-epochs", type=int, default=3, help="of the post epochs, learn's (split rows)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default="all", help=f"comma list of {', '.join(ROWS)}")
+    parser.add_argument("--out", default="runs/from_trained")
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    gs = [int(g) for g in args.groups_list.split(",")]
+    wanted = {k.split("+")[0] for k in keys}
+    split_keys = [k for k in ("default", "random") if k in wanted]
+    anchors = [k for k in ("pruned", "pruned+kd", "narrow") if k in keys]
+    phases = [[("teacher", s) for s in seeds if not teacher_path(args, s).is_file()],
+              [("row", k, g, s) for g in gs for s in seeds for k in split_keys + anchors],
+              [("row", "scratch", g, s) for g in gs for s in seeds] if "scratch" in keys else []]
+    started = time.perf_counter()
+    runs = run_all(args, [p for p in phases if p])
+    print(f"\n{args.model} on {args.data}, from {args.split_from}, teacher {args.teacher_epochs} epochs, "
+          f"{args.post_epochs} epochs after it ({args.learn_epochs} learn + the rest finetune for the split rows), "
+          f"seeds {args.seeds} ({time.perf_counter() - started:.0f} s)")
+    report(runs)
+
+
+if __name__ == "__main__":
+    main()
