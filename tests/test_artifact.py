@@ -4,8 +4,9 @@ A script defines its model only in ``__main__``, splits it and saves it (``split
 split directory as ``splitc split`` writes one); a second, fresh process that never defines the
 class loads both and gives the same logits. This pytest process does not define the class
 either, so ``splitc verify``, ``finetune`` and ``export`` below run from the artifact alone.
-Also: BatchNorm and dropout train after a reload as before the save, a directory of the
-earlier format is upgraded once, and a corrupt or unsafe artifact is one clear error.
+``report`` shows what the directory holds and says in one note what it skips. Also: BatchNorm
+and dropout train after a reload as before the save, a directory of the earlier format is
+upgraded once, and a corrupt or unsafe artifact is one clear error.
 """
 
 from __future__ import annotations
@@ -184,8 +185,17 @@ def test_verify_finetune_export_without_the_class(made: Path, tmp_path: Path) ->
     assert exported.exit_code == 0, exported.output
     summary = json.loads(exported.output)
     assert [s["file"] for s in summary["subgraphs"]] == ["trunk.onnx", "g0.onnx", "g1.onnx", "merge.onnx"]
-    assert "cannot be built" in summary["lowering"]["reason"] or "defined in the script" in summary["lowering"]["reason"]
+    assert "defined in the script that split it" in summary["lowering"]["reason"]   # no dense view: no lowering
     assert json.loads(cli("verify", tmp_path / "onnx", "--json").output)["ok"]
+
+
+def test_report_without_the_class(made: Path, tmp_path: Path) -> None:
+    """The report shows what the split directory has and says in one note what it skips."""
+    result = cli("report", made / "split", "--out", tmp_path / "report.html", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert "subgraphs" in summary["figures"]
+    assert any("cannot be built here" in note and "skipped" in note for note in summary["notes"]), summary["notes"]
 
 
 def test_old_format_is_upgraded_once(tmp_path: Path, monkeypatch) -> None:
@@ -262,7 +272,8 @@ class DropNet(nn.Module):
         super().__init__()
         self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=None)
         self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.fc1, self.bn1d, self.drop, self.fc2 = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 4)
+        self.fc1, self.bn1d = nn.Linear(8, 16), nn.BatchNorm1d(16)
+        self.drop, self.fc2 = nn.Dropout(0.5), nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn(self.conv(x))))))

@@ -29,6 +29,7 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,24 @@ def save_artifact(model: SplitModel, path: str | os.PathLike, meta: dict[str, An
     try:
         x = torch.randn(EXAMPLE_BATCH, *size)
         examples = subgraph_inputs(model, x)
-        blobs = {s.name: export_module(model.subgraph(s.name), examples[s.name]) for s in model.plan.subgraphs}
-        for name, module in (references or {}).items():
-            blobs[REFERENCE + name] = export_module(module, (x,))
+        parts = [(s.name, model.subgraph(s.name), examples[s.name]) for s in model.plan.subgraphs]
+        parts += [(REFERENCE + name, module, (x,)) for name, module in (references or {}).items()]
+        header = {"format": FORMAT, "torch": torch.__version__, "input_size": list(size), "meta": meta,
+                  "plan": model.plan.to_dict(), "references": sorted(references or {}), "batchnorm": {}}
+        atomic_write(path, lambda tmp: _write_zip(tmp, header, parts))
     finally:
         model.train(was_training)
-    header = {"format": FORMAT, "torch": torch.__version__, "input_size": list(size), "meta": meta,
-              "plan": model.plan.to_dict(), "references": sorted(references or {}),
-              "batchnorm": {name: blob[1] for name, blob in blobs.items()}}
-    atomic_write(path, lambda tmp: _write_zip(tmp, header, {name: blob[0] for name, blob in blobs.items()}))
     return Path(path)
+
+
+def _write_zip(tmp: str, header: dict[str, Any], parts: list[tuple[str, nn.Module, tuple]]) -> None:
+    """One program at a time (a program's bytes are the size of its weights), the header last."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, module, args in parts:
+            blob, header["batchnorm"][name] = export_module(module, args)
+            archive.writestr(f"{PROGRAMS}{name}.pt2", blob)
+            del blob
+        archive.writestr(HEADER, json.dumps(header, indent=1))
 
 
 def export_module(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[bytes, dict[str, float | None]]:
@@ -120,13 +129,6 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[by
     return buffer.getvalue(), momenta
 
 
-def _write_zip(tmp: str, header: dict[str, Any], blobs: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr(HEADER, json.dumps(header, indent=1))
-        for name, blob in blobs.items():
-            archive.writestr(f"{PROGRAMS}{name}.pt2", blob)
-
-
 def load(path: str | os.PathLike) -> SplitModel:
     """``splitc.load`` for an artifact file: the split model, in eval mode."""
     return load_artifact(path)
@@ -140,40 +142,44 @@ def read_artifact(path: str | os.PathLike, references: bool = True) -> SplitArti
     """Rebuild everything the artifact at ``path`` holds (the references only if asked);
     a missing, foreign or corrupt file is one SplitcError."""
     path = Path(path)
-    if not path.is_file():
-        raise SplitcError(f"{path} does not exist (a split artifact, written by splitc.save or splitc split).")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            header = _read_header(archive, path)
-            plan = SplitPlan.from_dict(header["plan"])
-            names = [s.name for s in plan.subgraphs]
-            wanted = names + ([REFERENCE + r for r in header["references"]] if references else [])
-            modules, eval_only = {}, []
-            for name in wanted:
-                modules[name], fixed = load_program(archive.read(f"{PROGRAMS}{name}.pt2"),
-                                                    header["batchnorm"].get(name, {}))
-                eval_only += [f"{name}: {op}" for op in fixed]
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as exc:
-        raise SplitcError(f"{path} is corrupt or not a split artifact ({type(exc).__name__}: "
-                          f"{str(exc)[:120]}); save the split again.") from None
+    header, modules, eval_only = _read(path, lambda h: [s["name"] for s in h["plan"]["subgraphs"]]
+                                       + ([REFERENCE + r for r in h["references"]] if references else []))
     if eval_only:
         warnings.warn(f"{path}: {', '.join(eval_only)} stay in eval mode when the model trains", stacklevel=2)
-    model = SplitModel(plan, {n: modules[n] for n in names}).eval()
+    plan = SplitPlan.from_dict(header["plan"])
+    model = SplitModel(plan, {s.name: modules[s.name] for s in plan.subgraphs}).eval()
     refs = {n[len(REFERENCE):]: m.eval() for n, m in modules.items() if n.startswith(REFERENCE)}
     return SplitArtifact(model, tuple(header["input_size"]), header["meta"], refs, tuple(eval_only))
 
 
 def read_reference(path: str | os.PathLike, name: str) -> nn.Module:
-    """One reference of the artifact (``masked`` or ``unsplit``) without the split model."""
+    """One reference of the artifact (``masked`` or ``unsplit``), without the split model."""
+    _, modules, _ = _read(Path(path), lambda h: [REFERENCE + name])
+    return modules[REFERENCE + name].eval()
+
+
+def _read(path: Path, pick: Callable[[dict[str, Any]], list[str]]
+          ) -> tuple[dict[str, Any], dict[str, fx.GraphModule], list[str]]:
+    """The header and the programs ``pick(header)`` names, rebuilt; every way the file can be
+    unreadable (missing, truncated, flipped bytes: the zip's CRC, foreign, unsafe) is one SplitcError."""
+    if not path.is_file():
+        raise SplitcError(f"{path} does not exist (a split artifact, written by splitc.save or splitc split).")
+    header: dict[str, Any] = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            header = _read_header(archive, Path(path))
-            key = REFERENCE + name
-            module, _ = load_program(archive.read(f"{PROGRAMS}{key}.pt2"), header["batchnorm"].get(key, {}))
+            header = _read_header(archive, path)
+            modules, eval_only = {}, []
+            for name in pick(header):
+                modules[name], fixed = load_program(archive.read(f"{PROGRAMS}{name}.pt2"),
+                                                    header["batchnorm"].get(name, {}))
+                eval_only += [f"{name}: {op}" for op in fixed]
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError, RuntimeError) as exc:
-        raise SplitcError(f"{path} is corrupt or holds no {name} reference ({type(exc).__name__}: "
-                          f"{str(exc)[:120]}); save the split again.") from None
-    return module.eval()
+        saved = header.get("torch")
+        other = (f"; it was saved with torch {saved}, this is torch {torch.__version__}"
+                 if saved and saved != torch.__version__ else "")
+        raise SplitcError(f"{path} is corrupt or not a split artifact ({type(exc).__name__}: {str(exc)[:120]})"
+                          f"{other}; save the split again.") from None
+    return header, modules, eval_only
 
 
 def _read_header(archive: zipfile.ZipFile, path: Path) -> dict[str, Any]:

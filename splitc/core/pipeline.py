@@ -28,9 +28,9 @@ PASSES: tuple[tuple[str, str], ...] = (
     ("partition", "trunk, tree of branches, merge as standalone GraphModules (passes/partition.py)"),
     ("assemble", "SplitModel wired by its SplitPlan; no shared storage (passes/assemble.py)"),
     ("check", "split vs masked model on fresh random inputs (compile/split_run.py)"),
-    ("save", "split.json + safetensors, atomically (compile/split_dir.py)"),
+    ("save", "split.json + safetensors + split.splitc (torch.export programs), atomically (compile/split_dir.py)"),
     # -- the export (splitc/deploy/export.py): split directory -> ONNX artifact
-    ("load split", "rebuild the split from its directory and check it (compile/split_dir.py)"),
+    ("load split", "the split model from split.splitc with its weights, checked; no re-trace (compile/split_dir.py)"),
     ("lower", "one dense graph, grouped convs where measured faster (passes/lower_grouped.py, deploy/lowering.py)"),
     ("export subgraphs", "one ONNX file per subgraph (deploy/export.py)"),
     ("export unsplit", "the unsplit (masked) model as ONNX, the baseline (deploy/export.py)"),

@@ -104,8 +104,13 @@ def load(src: Inputs) -> Inputs:
             src.doc = {}
         if src.analysis is None:
             meta = src.meta
-            src.analysis = analyse(meta["model"], spec, meta["num_classes"], tuple(meta["input_size"]))
-        src.hard = assignment_from_meta(src.analysis, src.meta, src.split_dir)
+            try:
+                src.analysis = analyse(meta["model"], spec, meta["num_classes"], tuple(meta["input_size"]))
+            except SplitcError as exc:  # e.g. a model of a script's __main__: the split's own numbers still show
+                src.notes.append(f"model {meta['model']} cannot be built here ({str(exc)[:100]}), so the figures "
+                                 "that need its channel analysis (layer weights, channels per group) are skipped")
+        if src.analysis is not None:
+            src.hard = assignment_from_meta(src.analysis, src.meta, src.split_dir)
         if (src.split_dir / UNSPLIT_WEIGHTS).is_file():
             from safetensors.torch import load_file
 
@@ -116,7 +121,8 @@ def load(src: Inputs) -> Inputs:
 # --- the numbers behind the figures -------------------------------------------------------------
 
 def class_names(src: Inputs) -> list[str]:
-    n = src.analysis.num_classes if src.analysis is not None else len((src.manifest or {}).get("class_groups") or [])
+    n = (src.analysis.num_classes if src.analysis is not None
+         else (src.meta or {}).get("num_classes") or len((src.manifest or {}).get("class_groups") or []))
     for names in (list(src.doc.get("class_groups") or {}), (src.meta or {}).get("class_names"),
                   (src.manifest or {}).get("class_names")):
         if names and len(names) == n:
