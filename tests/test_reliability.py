@@ -87,7 +87,8 @@ def test_split_into_finetuned_split_dir_refuses_then_force_replaces(pipeline, tm
     assert files_of(target) == before  # every file kept, byte for byte
     assert run("split", pipeline["run"], "--out", target, "--force", "--accept-unlearned").exit_code == 0
     left = set(files_of(target))
-    assert left == {"split.json", "split.safetensors", "unsplit.safetensors"}, left
+    assert left == {"split.json", "split.safetensors", "unsplit.safetensors", "split.splitc",
+                    "teacher.safetensors"}, left
     assert not list(tmp_path.glob(".split.replaced-*"))
 
 
