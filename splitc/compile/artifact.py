@@ -234,7 +234,23 @@ def trainable(module: fx.GraphModule, momenta: dict[str, float | None]) -> tuple
     graph.eliminate_dead_code()
     for node in graph.nodes:
         node.meta = {}   # fake-tensor values of the export: not needed, and they do not deepcopy
-    return fx.GraphModule(module, graph, class_name="ExportedSubgraph"), fixed
+    rebuilt = fx.GraphModule(module, graph, class_name="ExportedSubgraph")
+    _constants_as_buffers(rebuilt)
+    return rebuilt, fixed
+
+
+def _constants_as_buffers(module: fx.GraphModule) -> None:
+    """Tensor constants of the program (lifted by torch.export) as non-persistent buffers, so
+    ``.to(device)`` moves them and the state dict stays the split's."""
+    for node in module.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        parent, _, leaf = node.target.rpartition(".")
+        owner = module.get_submodule(parent)
+        value = getattr(owner, leaf)
+        if isinstance(value, torch.Tensor) and leaf not in owner._parameters and leaf not in owner._buffers:
+            delattr(owner, leaf)
+            owner.register_buffer(leaf, value, persistent=False)
 
 
 def _as_batch_norm(module: fx.GraphModule, node: fx.Node, momenta: dict[str, float | None]) -> bool:
