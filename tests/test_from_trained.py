@@ -1,0 +1,115 @@
+"""The trained-start recipe (``learn --weights``) and ``finetune --distill`` (issue 26): the run is
+measured before it changes anything, skips the warm-up, reports the one-shot split, records its
+teacher; distillation uses that teacher, equals itself across ``--nproc 2``, and refuses a split
+without one in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from splitc.compile.distill import distill_loss
+from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.compile.finetune_launch import launch_ranks
+from splitc.compile.split_run import random_split, run_split
+from splitc.core.errors import SplitcError
+from splitc.data.batches import accuracy
+from splitc.data.loaders import load_data
+from splitc.graph import zoo
+from splitc.graph.scope import make_spec
+from splitc.learn.config import TRAINED_DEFAULTS
+from splitc.learn.loop import LearnConfig, learn
+
+DATA = "synthetic:fast"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, float]:
+    """resnet20 trained briefly (Adam, 2 epochs): clearly above chance on synthetic:fast."""
+    torch.manual_seed(0)
+    bundle = load_data(DATA, seed=0)
+    model = zoo.build("resnet20", bundle.num_classes)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    loader = torch.utils.data.DataLoader(bundle.train, batch_size=32, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
+    torch.save(model.state_dict(), path)
+    return path, accuracy(model, bundle.val, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def from_trained(trained, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("from_trained")
+    learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", weights=str(trained[0]),
+                      max_steps=4, batch_size=16, out=str(root / "run")), progress=False)
+    run_split(root / "run", root / "split", accept_unlearned=True)
+    return root / "run", root / "split"
+
+
+def test_the_trained_start_skips_the_warmup_and_reports_every_point(trained, from_trained) -> None:
+    run_dir, split_dir = from_trained
+    doc = json.loads((run_dir / "assignment.json").read_text())
+    assert doc["start_val_acc"] == pytest.approx(trained[1]) and doc["start_val_acc"] > 0.1
+    assert doc["warmup_steps"] == 0 and doc["committed"] and doc["init_groups"] == "cluster-cut"
+    assert 0 <= doc["oneshot_val_acc"] <= 1 and doc["masked_val_acc"] is not None
+    config = torch.load(run_dir / "checkpoint.pt", weights_only=False)["config"]
+    assert config["lr"] == TRAINED_DEFAULTS["lr"] and config["gamma_w"] == TRAINED_DEFAULTS["gamma_w"]
+    teacher = load_file(str(run_dir / "teacher.safetensors"))      # the trained start, unchanged
+    given = torch.load(trained[0], weights_only=True)
+    assert all(torch.equal(teacher[k], given[k]) for k in given)
+    meta = json.loads((split_dir / "split.json").read_text())
+    assert meta["teacher"]["sha256"] == doc["teacher"]["sha256"] and (split_dir / "teacher.safetensors").is_file()
+
+
+def test_untrained_weights_take_the_scratch_recipe_and_say_so(tmp_path: Path) -> None:
+    torch.save(zoo.build("resnet20", 20).state_dict(), tmp_path / "random.pt")
+    result = learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", max_steps=2,
+                               batch_size=8, weights=str(tmp_path / "random.pt"), out=str(tmp_path / "run")),
+                   progress=False)
+    assert any("near chance on this data: the run takes the from-scratch recipe" in w for w in result.warnings)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["config"]["lr"] == 0.1
+
+
+def test_distill_loss_is_hintons() -> None:
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 5), torch.randn(8, 5), torch.randint(0, 5, (8,))
+    assert torch.allclose(distill_loss(s, t, y, 4.0, 0.0), F.cross_entropy(s, y))
+    p, log_q = F.softmax(t / 4, 1), F.log_softmax(s / 4, 1)
+    kl = (p * (p.log() - log_q)).sum(1).mean()
+    assert torch.allclose(distill_loss(s, t, y, 4.0, 1.0), 16 * kl, atol=1e-6)
+    assert float(distill_loss(t, t, y, 2.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_trains_against_the_teacher_and_equals_itself_on_two_ranks(from_trained, tmp_path: Path) -> None:
+    split = from_trained[1]
+    dirs = {name: Path(shutil.copytree(split, tmp_path / name)) for name in ("plain", "kd", "kd2")}
+    base = FinetuneConfig(str(dirs["plain"]), data=DATA, max_steps=3, batch_size=16, dtype="float64")
+    finetune(base, progress=False)
+    finetune(replace(base, split_dir=str(dirs["kd"]), distill=True), progress=False)
+    launch_ranks(replace(base, split_dir=str(dirs["kd2"]), distill=True, nproc=2), progress=False)
+    plain, kd, kd2 = (load_file(str(d / "finetuned.safetensors")) for d in dirs.values())
+    rel = lambda a, b: float((a - b).norm() / b.norm().clamp_min(1e-12))  # noqa: E731
+    floats = [k for k in kd if kd[k].is_floating_point()]
+    assert max(rel(kd2[k], kd[k]) for k in floats) <= 1e-5          # --nproc 2 == one process
+    assert max(rel(plain[k], kd[k]) for k in floats) > 1e-4          # the teacher changed the steps
+
+
+def test_distill_without_a_teacher_is_one_line(tmp_path: Path) -> None:
+    random_split("resnet20", make_spec("2", "layer3", model="resnet20"), tmp_path / "split", num_classes=20,
+                 input_size=(3, 32, 32))
+    with pytest.raises(SplitcError, match="records no teacher"):
+        finetune(FinetuneConfig(str(tmp_path / "split"), data=DATA, max_steps=1, distill=True), progress=False)
