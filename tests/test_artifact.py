@@ -222,8 +222,15 @@ def test_old_format_of_a_model_that_cannot_be_built_is_refused(made: Path, tmp_p
     assert "has no split.splitc" in message and "__main__:Net" in message
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_a_zip", "pickled"])
-def test_corrupt_artifact_is_one_error(made: Path, tmp_path: Path, damage: str) -> None:
+UNSAFE = {  # program entries rewritten into what torch.export.load would run code from
+    "pickled": ("model_weights_config.json", b'"use_pickle": false', b'"use_pickle": true'),
+    "foreign_call": ("models/model.json", b'"torch.ops.aten.relu.default"', b'"torch.os.system"'),
+    "eval_in_size": ("models/model.json", b"Symbol(", b"__import__('os').system('true') or Symbol("),
+}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not_a_zip", *UNSAFE])
+def test_corrupt_or_unsafe_artifact_is_one_error(made: Path, tmp_path: Path, damage: str) -> None:
     work = tmp_path / "split"
     shutil.copytree(made / "split", work)
     path = work / SPLIT_ARTIFACT
@@ -236,32 +243,33 @@ def test_corrupt_artifact_is_one_error(made: Path, tmp_path: Path, damage: str) 
     elif damage == "not_a_zip":
         path.write_text("not an artifact")
     else:
-        path.write_bytes(mark_pickled(data))
+        path.write_bytes(rewrite_trunk(data, *UNSAFE[damage]))
     message = one_line_error(cli("verify", work))
     assert "split.splitc is corrupt or not a split artifact" in message
-    if damage == "pickled":
-        assert "pickled payload" in message
+    expected = {"pickled": "pickled payload", "foreign_call": "calls a non-op",
+                "eval_in_size": "not plain arithmetic"}.get(damage, "")
+    assert expected in message, message
     with pytest.raises(SplitcError, match="corrupt"):
         splitc.load(path)
 
 
-def mark_pickled(artifact: bytes) -> bytes:
-    """The artifact with the trunk's weights config claiming a pickled payload (which
-    torch.export.load would unpickle with weights_only=False)."""
+def rewrite_trunk(artifact: bytes, entry: str, old: bytes, new: bytes) -> bytes:
+    """The artifact with ``old`` replaced by ``new`` in the trunk program's ``entry``."""
     outer, out = zipfile.ZipFile(io.BytesIO(artifact)), io.BytesIO()
-    with zipfile.ZipFile(out, "w") as new:
+    with zipfile.ZipFile(out, "w") as rewritten:
         for name in outer.namelist():
             blob = outer.read(name)
             if name == f"{PROGRAMS}trunk.pt2":
-                inner, rewritten = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
-                with zipfile.ZipFile(rewritten, "w") as program:
-                    for entry in inner.namelist():
-                        data = inner.read(entry)
-                        if entry.endswith("model_weights_config.json"):
-                            data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
-                        program.writestr(entry, data)
-                blob = rewritten.getvalue()
-            new.writestr(name, blob)
+                inner, program = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
+                with zipfile.ZipFile(program, "w") as target:
+                    for part in inner.namelist():
+                        data = inner.read(part)
+                        if part.endswith(entry):
+                            assert old in data, (part, old)
+                            data = data.replace(old, new, 1)
+                        target.writestr(part, data)
+                blob = program.getvalue()
+            rewritten.writestr(name, blob)
     return out.getvalue()
 
 

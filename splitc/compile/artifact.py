@@ -12,9 +12,11 @@ loading code means running Python out of the file, and a subgraph can hold the u
 modules, which only the user's class rebuilds. A program is ATen ops and tensors resolved by
 name, so it loads in a process where the model's class does not exist.
 
-Safety: ``torch.export.load`` unpickles payloads its config marks as pickled, and retries the
-sample inputs with ``weights_only=False``; :func:`check_program` refuses such an archive before
-torch reads it, so loading never runs code from the file.
+Safety: ``torch.export.load`` unpickles payloads its config marks as pickled, retries the
+sample inputs with ``weights_only=False``, resolves call targets by ``getattr`` from ``torch``
+and parses symbolic sizes with ``sympy.sympify`` (an eval). :func:`check_program` refuses an
+archive with any of these (a pickled entry, a target outside the op namespaces, a size that is
+not plain sympy arithmetic) before torch reads it, so loading runs no code from the file.
 
 Trainable again: a program exported in eval mode fixes BatchNorm and dropout to eval, and its
 module refuses ``train()``. :func:`trainable` rebuilds a plain GraphModule in which every such
@@ -27,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -38,6 +41,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils._sympy import functions as sympy_functions
 
 from splitc.compile.split import CompiledSplit, subgraph_inputs
 from splitc.core.errors import SplitcError
@@ -55,6 +59,13 @@ DROPOUTS = {ATEN.dropout.default: {0: nn.Dropout}, ATEN.alpha_dropout.default: {
             ATEN.feature_alpha_dropout.default: {0: nn.FeatureAlphaDropout}}
 BATCH_NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+# what a program's graph (models/*.json) may name: ops, Python's arithmetic on sizes, and the
+# sympy words of symbolic sizes, which torch parses with sympify (an eval)
+SAFE_TARGET = re.compile(r"torch\.ops\.(?!.*__)[\w.]+|_operator\.(add|sub|mul|floordiv|truediv|mod|neg|pow|getitem|"
+                         r"eq|ne|lt|le|gt|ge|and_|or_|not_|pos|abs)|math\.[a-z0-9_]+|torch\._?sym_[a-z_]+")
+SYMPY_WORDS = {"Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne", "Lt",
+               "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo", "positive", "integer", "real", "nonnegative",
+               "finite", *sympy_functions.__all__}
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,9 @@ def check_program(blob: bytes) -> None:
     ``weights_only`` loading rejects (torch then retries them with full unpickling)."""
     with zipfile.ZipFile(io.BytesIO(blob)) as archive:
         for name in archive.namelist():
-            if name.endswith("_config.json") and "/data/" in name:
+            if "/models/" in name and name.endswith(".json"):
+                _check_graph(json.loads(archive.read(name)), name)
+            elif name.endswith("_config.json") and "/data/" in name:
                 config = json.loads(archive.read(name)).get("config", {})
                 if any(entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_"))
                        for entry in config.values()):
@@ -216,6 +229,33 @@ def check_program(blob: bytes) -> None:
                     torch.load(io.BytesIO(archive.read(name)), weights_only=True)
                 except Exception as exc:  # noqa: BLE001 - any failure means torch would unpickle it fully
                     raise ValueError(f"{name} is not plain tensors ({type(exc).__name__})") from None
+
+
+def _check_graph(document: Any, name: str) -> None:
+    """Refuse a graph that names a call target outside the op namespaces (torch resolves targets
+    by ``getattr`` from ``torch``) or a symbolic size that is not plain sympy arithmetic."""
+    for target in _strings(document, "target"):
+        if not SAFE_TARGET.fullmatch(target):
+            raise ValueError(f"{name} calls a non-op, {target[:40]!r}")
+    for expr in _strings(document, "expr_str"):
+        quoted = re.findall(r"'([^']*)'", expr)
+        words = set(re.findall(r"[A-Za-z_]\w*", re.sub(r"'[^']*'", "", expr)))
+        if (re.search(r"[^\w\s(),'=.+\-*/]", expr) or any(not re.fullmatch(r"[a-z]+\d+", q) for q in quoted)
+                or any(w not in SYMPY_WORDS and not re.fullmatch(r"[a-z]+\d+", w) for w in words)):
+            raise ValueError(f"{name} has a symbolic size that is not plain arithmetic, {expr[:30]!r}")
+
+
+def _strings(document: Any, key: str) -> list[str]:
+    """Every string value under ``key`` anywhere in a JSON document."""
+    found, stack = [], [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found += [v for k, v in item.items() if k == key and isinstance(v, str)]
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return found
 
 
 def trainable(module: fx.GraphModule, momenta: dict[str, float | None]) -> tuple[fx.GraphModule, list[str]]:
