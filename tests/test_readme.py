@@ -12,9 +12,11 @@ import re
 import shlex
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
 from splitc.cli.main import main
+from splitc.graph import zoo
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = {"learn": ["--max-steps", "2", "--batch-size", "8"], "finetune": ["--max-steps", "1", "--batch-size", "8"],
@@ -54,6 +56,7 @@ def test_readme_has_the_pipeline() -> None:
 def test_readme_commands_run(tmp_path: Path) -> None:
     cwd = os.getcwd()
     os.chdir(tmp_path)
+    torch.save(zoo.build("resnet20", 20).state_dict(), tmp_path / "resnet20.pt")   # "a model you trained"
     try:
         for argv in readme_commands():
             result = CliRunner().invoke(main, tiny(argv))
