@@ -79,12 +79,17 @@ class SplitArtifact:
     eval_only: tuple[str, ...] = ()   # ops that stay in eval mode when the model trains
 
 
-def save(split: SplitModel | CompiledSplit, path: str | os.PathLike,
+def save(split: SplitModel | CompiledSplit | Any, path: str | os.PathLike,
          input_size: tuple[int, ...] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """``splitc.save``: write ``split`` (a SplitModel, or a CompiledSplit whose masked reference
-    is kept too) to one file that loads without the model's class. ``input_size`` is (C, H, W)."""
-    model, references = (split.model, {"masked": split.masked}) if isinstance(split, CompiledSplit) else (split, {})
-    size = input_size or (meta or {}).get("input_size")
+    """``splitc.save``: write ``split`` to one file that loads without the model's class. A
+    SplitModel, or anything holding one as ``.model`` with its masked reference as ``.masked``
+    (a CompiledSplit, a LoadedSplit, which also knows its input size); ``input_size`` is (C, H, W)."""
+    model = split if isinstance(split, SplitModel) else getattr(split, "model", None)
+    if not isinstance(model, SplitModel):
+        raise SplitcError(f"splitc.save takes a split model (compile_split's result or its .model), "
+                          f"not {type(split).__name__}.")
+    references = {"masked": split.masked} if isinstance(getattr(split, "masked", None), nn.Module) else {}
+    size = input_size or getattr(split, "input_size", None) or (meta or {}).get("input_size")
     if not size:
         raise SplitcError("splitc.save needs the model's input size: pass input_size=(C, H, W).")
     return save_artifact(model, path, {**(meta or {}), "input_size": list(size)}, references)
