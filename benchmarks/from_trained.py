@@ -179,7 +179,7 @@ def run_task(args: argparse.Namespace, task: tuple, threads: int) -> list[dict]:
 
 def run_all(args: argparse.Namespace, phases: list[list[tuple]]) -> list[dict]:
     """Each phase's tasks ``--jobs`` at a time (a phase waits for the one before: teachers, then
-    the rows from them, then the scratch rows that reuse the default row's split)."""
+    the rows from them, then the long from-scratch rows; ``scratch`` reuses the default row's split)."""
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     results: list[dict] = []
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -262,10 +262,11 @@ def main() -> None:
     gs = [int(g) for g in args.groups_list.split(",")]
     wanted = {k.split("+")[0] for k in keys}
     split_keys = [k for k in ("default", "random") if k in wanted]
-    anchors = [k for k in ("pruned", "pruned+kd", "narrow") if k in keys]
+    anchors = [k for k in ("pruned", "pruned+kd") if k in keys]
+    late = [k for k in ("narrow", "scratch") if k in keys]     # the long from-scratch controls last
     phases = [[("teacher", s) for s in seeds if not teacher_path(args, s).is_file()],
               [("row", k, g, s) for g in gs for s in seeds for k in split_keys + anchors],
-              [("row", "scratch", g, s) for g in gs for s in seeds] if "scratch" in keys else []]
+              [("row", k, g, s) for g in gs for s in seeds for k in late]]
     started = time.perf_counter()
     runs = run_all(args, [p for p in phases if p])
     print(f"\n{args.model} on {args.data}, from {args.split_from}, teacher {args.teacher_epochs} epochs, "
