@@ -122,7 +122,7 @@ def prepare(config: FinetuneConfig, meta: dict[str, Any], input_size: tuple[int,
     identity = {"split": _digest(meta["plan"]), "data": config.data, "distill": config.distill}
     teacher = None
     if config.distill:
-        teacher = load_teacher(Path(config.split_dir), meta, loaded.analysis.gm, device)
+        teacher = load_teacher(Path(config.split_dir), meta, loaded.unsplit, device)
         teacher = teacher.to(DTYPES[config.dtype])
     return Run(config, Path(config.split_dir), meta, bundle, device, steps_per_epoch, total, identity, teacher)
 
