@@ -21,6 +21,7 @@ from splitc.core.checkpoint import load_checkpoint, save_checkpoint
 from splitc.learn.cluster import adjusted_rand_index
 from splitc.core.errors import SplitcError
 from splitc.learn.loop import LearnConfig, LearnResult, learn
+from splitc.learn.session import freeze_crisp_spaces
 from splitc.learn.optim import disjoint_weight
 from splitc.learn.groups import (
     INIT_CONFIDENCE,
@@ -263,7 +264,7 @@ def test_overlap_freezes_crisp_spaces_only(tmp_path: Path) -> None:
         alpha = state.aset.by_space[str(crisp)].alpha
         alpha.zero_()
         alpha[0] = 20.0  # every node of this space sits in group 0
-    learn_module._freeze_crisp_spaces(state)
+    freeze_crisp_spaces(state)
     assert state.frozen == (crisp,)
     assert not state.aset.by_space[str(crisp)].alpha.requires_grad
     assert state.aset.by_space[str(uniform)].alpha.requires_grad
@@ -283,7 +284,11 @@ def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> Non
     # how ready the run is to split: per cut layer, and pooled in the summary
     assert doc["cut_energy"]["total"] == pytest.approx(base_run.cut_energy) and 0 <= base_run.cut_energy <= 1
     assert "fc" in doc["cut_energy"]
-    assert doc["masked_val_acc"] == base_run.masked_val_acc and 0 <= base_run.masked_val_acc <= 1
+    assert doc["masked_val_acc"] == base_run.masked_val_acc
+    if base_run.masked_val_acc is None:   # the harden pass refuses this 6-step run's groups, as split would
+        assert any(w.startswith("no masked accuracy:") and "empty" in w for w in base_run.warnings)
+    else:
+        assert 0 <= base_run.masked_val_acc <= 1
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from splitc.core.errors import SplitcError
 from splitc.data.batches import accuracy
 from splitc.learn import schedule
 from splitc.learn.assign import cut_energy
@@ -26,6 +27,8 @@ from splitc.learn.groups import (
 from splitc.learn.health import chance_warning, near_chance
 from splitc.learn.start import save_teacher
 from splitc.learn.state import LearnRun, freeze_space, log_record
+from splitc.graph.group_tree import HardAssignment
+from splitc.passes.harden import harden
 from splitc.passes.mask import mask_inter_group
 
 
@@ -36,9 +39,9 @@ def end_warmup(run: LearnRun) -> None:
     if run.probed or run.step < run.warmup_steps:
         return
     run.probed = True
-    if run.ranks.main:
+    if run.ranks.main and run.run_dir is not None:
         run.teacher_sha256 = save_teacher(run.analysis.gm, run.run_dir)
-    if run.val_history or run.config.warmup == "adaptive":
+    if run.bundle.val is not None and (run.val_history or run.config.warmup == "adaptive"):
         acc = run.val_history[-1] if run.val_history and run.step % run.steps_per_epoch == 0 else evaluate(run)
         if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
             warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val),
@@ -61,7 +64,8 @@ def end_warmup(run: LearnRun) -> None:
         init_class_assignment(run.aset, ir, labels)
     elif run.config.init_groups in CUT_INITS:
         commit_cut_groups(run, labels)
-        run.oneshot_val_acc = masked_val_acc(run)   # the start cut at once: a one-shot split
+        if run.bundle.val is not None:
+            run.oneshot_val_acc = masked_val_acc(run)   # the start cut at once: a one-shot split
     log_record(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
                "classifier_energy_ari": run.energy_ari,
                "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
@@ -90,14 +94,25 @@ def evaluate(run: LearnRun, model: torch.nn.Module | None = None) -> float:
     return run.ranks.broadcast(accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device))
 
 
-def masked_val_acc(run: LearnRun) -> float:
+def masked_val_acc(run: LearnRun) -> float | None:
     """Accuracy of the model with its inter-group weights zeroed under the argmax groups: what
     ``splitc split`` will compute before any finetuning. Weight-energy shares alone do not tell
     this: on resnet20, zeroing 0.08% of one conv's energy cost 14 pp, because the residual
     stream's large activations and batch norm amplify small weights. (With ``--overlap`` the
     split keeps fuzzy nodes in several groups, so this is its lower bound.)"""
-    masked = mask_inter_group(run.analysis.gm, run.analysis.ir, run.analysis.scope, run.aset.hard())
+    try:
+        hard = hardened(run)
+    except SplitcError as exc:   # e.g. an empty group under argmax: split refuses it the same way
+        warn(run, f"no masked accuracy: {exc}")
+        return None
+    masked = mask_inter_group(run.analysis.gm, run.analysis.ir, run.analysis.scope, hard)
     return evaluate(run, masked.to(run.device))
+
+
+def hardened(run: LearnRun) -> HardAssignment:
+    """The groups ``splitc split`` will cut by: the harden pass on the current assignments (the
+    one rule, so learn's masked accuracy and the split agree)."""
+    return harden(run.analysis.ir, run.analysis.scope, run.aset.soft()).assignment
 
 
 def warn(run: LearnRun, message: str) -> None:

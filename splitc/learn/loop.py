@@ -39,7 +39,7 @@ from tqdm import tqdm
 from splitc.learn import schedule
 from splitc.graph import zoo
 from splitc.graph.analysis import analyse, analysis_warnings
-from splitc.learn.assign import AssignmentSet, splitnet_loss, splitnet_regularizers
+from splitc.learn.assign import AssignmentSet
 from splitc.data.batches import epoch_loader
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
@@ -47,7 +47,6 @@ from splitc.core.errors import SplitcError
 from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the public API lives here too)
     ASSIGNMENT,
     CHECKPOINT,
-    FREEZE_FUZZY_FRACTION,
     REPORT_OVERLAP,
     LearnConfig,
     LearnResult,
@@ -58,14 +57,14 @@ from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the 
 )
 from splitc.learn.cut_groups import check_flat
 from splitc.learn.groups import class_groups, space_report, superclass_ari
-from splitc.learn.grouping import cut_shares, end_warmup, evaluate, masked_val_acc, warn
+from splitc.learn.grouping import cut_shares, evaluate, masked_val_acc, warn
+from splitc.learn.session import SplitSession, train_acc
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
-from splitc.learn.optim import disjoint_weight, lr_ramp_steps, make_optimizers, schedule_at
+from splitc.learn.optim import lr_ramp_steps, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
 from splitc.learn.start import TEACHER, build_start, save_teacher
-from splitc.learn.state import LearnRun, freeze_space, identity, log_record, restore_run, save_run
+from splitc.learn.state import LearnRun, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
-from splitc.passes.harden import fuzzy_nodes
 from splitc.graph.scope import make_spec
 
 def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> LearnResult:
@@ -112,12 +111,14 @@ def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
     total = schedule.total_steps(config.epochs, config.max_steps, steps_per_epoch)
     floor, cap = schedule.warmup_bounds(config.warmup_epochs, steps_per_epoch, total, config.warmup == "adaptive")
     soft = round(config.soft_epochs * steps_per_epoch)
-    return LearnRun(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
+    run = LearnRun(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
                     Path(config.out), steps_per_epoch, total, cap, soft, floor, ranks=ranks,
                     start_val_acc=start.val_acc, start_notes=start.notes,
                     weights=None if start.weights is None else {"source": start.weights.source,
                                                                 "path": start.weights.path,
                                                                 "sha256": start.weights.sha256})
+    run.session = SplitSession(run)
+    return run
 
 
 def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
@@ -140,7 +141,7 @@ def _train(run: LearnRun, progress: bool) -> None:
     ramp = lr_ramp_steps(run.config.lr_warmup_epochs, run.steps_per_epoch, run.total_steps)
     run.scheduler = schedule_at(run.optimizers["weights"], run.config.lr, run.config.schedule, run.total_steps, run.step, ramp)
     with bar:  # the loop resumes mid-epoch: ``skip`` batches of this epoch are already done
-        end_warmup(run)
+        run.session.start()   # a trained start ends its (empty) warm-up before the first step
         while run.step < run.total_steps:
             epoch, skip = divmod(run.step, run.steps_per_epoch)
             if skip == 0:
@@ -148,45 +149,37 @@ def _train(run: LearnRun, progress: bool) -> None:
             for x, y in _epoch_loader(run, epoch, skip):
                 metrics = _train_step(run, x.to(run.device), y.to(run.device))
                 bar.update(1)
-                bar.set_postfix({"phase": phase(run), **{k: f"{metrics[k]:.3g}" for k in BAR_KEYS}})
+                bar.set_postfix({"phase": run.session.phase, **{k: f"{metrics[k]:.3g}" for k in BAR_KEYS}})
                 _after_step(run, metrics)
                 if run.step >= run.total_steps:
                     break
 
 
 def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """One SGD step; the regularizers join the loss only after the warm-up."""
+    """One SGD step; the session adds the regularizers (0 during the warm-up) and steps the
+    assignments, exactly as it does inside a user's loop (``splitc.SplitNet``)."""
     lr = run.optimizers["weights"].param_groups[0]["lr"]
-    gm = run.analysis.gm
+    gm, session = run.analysis.gm, run.session
     gm.train()
     x, y = run.ranks.shard(x, y)
     logits = gm(x)
     ce = F.cross_entropy(logits, y)
-    regs_on = run.step >= run.warmup_steps
-    if regs_on:
-        regs = splitnet_regularizers(gm, run.analysis.ir, run.analysis.scope, run.aset)
-        cfg = run.config
-        gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
-                                  cfg.gamma_d, cfg.gamma_d_end, cfg.gamma_d_rise)
-        loss = splitnet_loss(ce, regs, (cfg.gamma_w * run.rw_scale, gamma_d, cfg.gamma_e))
-        if run.grad_share is None:
-            run.grad_share = gradient_share(gm, ce, cfg.gamma_w * regs["R_W"])
-            log_record(run, {"kind": "grad_share", "step": run.step, **run.grad_share})
-    else:
-        regs, loss, gamma_d = {}, ce, 0.0
+    loss = ce + session.regularizer()
+    regs, regs_on, gamma_d = session.last["regs"], session.last["regs_on"], session.last["gamma_d"]
+    if regs_on and run.grad_share is None:
+        run.grad_share = gradient_share(gm, ce, run.config.gamma_w * regs["R_W"])
+        log_record(run, {"kind": "grad_share", "step": run.step, **run.grad_share})
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
     run.ranks.average_gradients([*gm.parameters(), *run.aset.parameters()])
     run.optimizers["weights"].step()
     run.scheduler.step()
-    if regs_on and "assign" in run.optimizers:
-        run.optimizers["assign"].step()
+    session.advance()
     run.ranks.average_buffers(gm)
     correct = int((logits.argmax(dim=1) == y).sum())
     run.train_correct += correct
     run.train_seen += len(y)
-    run.step += 1
     return {"kind": "step", "step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch,
             "loss": float(loss.detach()), "ce": float(ce.detach()), "acc": correct / len(y), "lr": lr,
             "regs_on": regs_on, "gamma_d": gamma_d, **{k: float(regs[k].detach()) if k in regs else 0.0 for k in ("R_W", "R_D", "R_E")},
@@ -195,37 +188,17 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
 
 
 def _after_step(run: LearnRun, metrics: dict[str, Any]) -> None:
-    """Logging, overlap freezing, epoch-end evaluation and checkpoints."""
+    """Logging, the session's phase changes (epoch-end evaluation, warm-up end, commit), checkpoints."""
     cfg = run.config
-    if metrics["regs_on"] and cfg.overlap is not None:
-        _freeze_crisp_spaces(run)
     if run.step % max(1, cfg.log_every) == 0 or run.step == run.total_steps:
         log_record(run, metrics)
-    epoch_end = run.step % run.steps_per_epoch == 0
-    if epoch_end:
-        run.val_history.append(evaluate(run))
-        cut = cut_shares(run).get("total")
-        log_record(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
-                   "train_acc": train_acc(run), "val_acc": run.val_history[-1], "frozen": list(run.frozen),
-                   "cut_energy": cut, "phase": phase(run), "rw_scale": run.rw_scale})
-        if run.committed:
-            run.rw_scale = schedule.next_rw_scale(run.rw_scale, cut, run.last_cut)
-        run.last_cut = cut
-        _decide_warmup(run)
-    end_warmup(run)  # before the checkpoint, so a resumed run never probes twice
-    _maybe_commit(run)
+    run.session.after(metrics["regs_on"])
     periodic = cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
-    if (epoch_end or periodic) and run.step < run.total_steps:
+    if (run.step % run.steps_per_epoch == 0 or periodic) and run.step < run.total_steps:
         save_run(run)
 
 
 BAR_KEYS = ("ce", "acc", "R_W", "R_D", "R_E_excess")
-
-
-def phase(run: LearnRun) -> str:
-    if run.step < run.warmup_steps:
-        return "warm-up"
-    return "clearing" if run.committed else "grouping"
 
 
 def gradient_share(gm: torch.nn.Module, ce: torch.Tensor, weighted_rw: torch.Tensor) -> dict[str, float]:
@@ -241,58 +214,6 @@ def gradient_share(gm: torch.nn.Module, ce: torch.Tensor, weighted_rw: torch.Ten
         norms[name] = float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)))
     return {"grad_norm_ce": norms["ce"], "grad_norm_rw": norms["R_W"],
             "rw_over_ce": norms["R_W"] / norms["ce"] if norms["ce"] else float("inf")}
-
-
-def _decide_warmup(run: LearnRun) -> None:
-    """At an epoch end of an adaptive warm-up: end it now if the network has trained."""
-    if run.config.warmup != "adaptive" or run.probed or run.step >= run.warmup_steps:
-        return
-    if schedule.warmup_done(run.step, run.warmup_floor, run.warmup_steps, run.val_history,
-                            run.bundle.num_classes, len(run.bundle.val)):
-        run.warmup_steps = run.step
-
-
-def _maybe_commit(run: LearnRun) -> None:
-    """Grouping -> clearing: fix every space to its argmax groups once decided (learn_schedule)."""
-    if not run.config.commit or run.committed or not run.probed or run.config.assign == "random":
-        return
-    matrices = dict(run.aset.items())
-    crisp = {s: schedule.crispness(m) for s, m in matrices.items()}
-    if not schedule.commit_due(run.step, run.warmup_steps, run.total_steps, crisp):
-        return
-    for space, matrix in matrices.items():
-        schedule.commit_space(run.aset.by_space[str(space)], matrix, run.config.commit_groups == "balanced")
-        if space not in run.frozen:
-            freeze_space(run, space)
-    run.committed = True
-    log_record(run, {"kind": "commit", "step": run.step, "crispness": {str(s): c for s, c in crisp.items()},
-               "cut_energy": cut_shares(run).get("total")})
-
-
-
-
-
-
-
-
-def _freeze_crisp_spaces(run: LearnRun) -> None:
-    """METHOD.md §6: stop training a space once fewer than 20% of its nodes are fuzzy."""
-    for space, matrix in run.aset.soft().items():
-        if space in run.frozen:
-            continue
-        if len(fuzzy_nodes(matrix, run.config.overlap)) < FREEZE_FUZZY_FRACTION * matrix.shape[1]:
-            freeze_space(run, space)
-
-
-def train_acc(run: LearnRun) -> float:
-    """Accuracy over the current epoch's training batches so far."""
-    return run.train_correct / run.train_seen if run.train_seen else 0.0
-
-
-
-
-
-
 
 
 def _finish(run: LearnRun, val_acc: float) -> LearnResult:

@@ -54,10 +54,12 @@ class LearnRun:
     weights: dict[str, str] | None = None      # --weights: source, path, SHA-256
     oneshot_val_acc: float | None = None       # the start cut at once by the committed groups
     teacher_sha256: str | None = None          # teacher.safetensors, written when the regularizers start
+    session: Any = None                        # the recipe driving this run (learn.session.SplitSession)
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
-    if run.ranks.main:
+    """One line of metrics.jsonl (rank 0; a run without a directory, inside a user's loop, keeps none)."""
+    if run.ranks.main and run.run_dir is not None:
         append_metrics(run.run_dir / METRICS, record)
 
 
