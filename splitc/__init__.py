@@ -13,6 +13,8 @@ EXPORTS = {
     "register_function": "splitc.graph.opkinds",
     "save": "splitc.compile.artifact",      # a split model -> one file that loads without its class
     "load": "splitc.compile.split_dir",     # that file, or a split directory -> the SplitModel
+    "SplitNet": "splitc.compile.splitnet",  # the recipe on any nn.Module, inside the user's loop
+    "export": "splitc.deploy.api",          # a split (value, file or directory) -> ONNX + manifest
 }
 __all__ = ["__version__", *EXPORTS]
 

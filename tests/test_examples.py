@@ -13,7 +13,7 @@ SMOKE_TIMEOUT_S = 600
 
 
 @pytest.mark.parametrize("script", ["wrn_cifar100.py", "custom_model.py", "resnet18_imagefolder.py",
-                                    "api_end_to_end.py"])
+                                    "api_end_to_end.py"])  # own_loop.py: tests/test_api.py runs it and checks its files
 def test_example_smoke(script: str, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--smoke", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, cwd=tmp_path)
@@ -26,7 +26,7 @@ def test_example_smoke(script: str, tmp_path: Path) -> None:
 
 def test_every_example_has_a_smoke_test() -> None:
     names = {p.name for p in EXAMPLES.glob("*.py")}
-    assert names == {"wrn_cifar100.py", "custom_model.py", "resnet18_imagefolder.py", "api_end_to_end.py"}
+    assert names == {"wrn_cifar100.py", "custom_model.py", "resnet18_imagefolder.py", "api_end_to_end.py", "own_loop.py"}
     for name in names:
         assert "--smoke" in (EXAMPLES / name).read_text(), name
 

@@ -89,10 +89,11 @@ def save(split: SplitModel | CompiledSplit | Any, path: str | os.PathLike,
         raise SplitcError(f"splitc.save takes a split model (compile_split's result or its .model), "
                           f"not {type(split).__name__}.")
     references = {"masked": split.masked} if isinstance(getattr(split, "masked", None), nn.Module) else {}
-    size = input_size or getattr(split, "input_size", None) or (meta or {}).get("input_size")
+    references = {**model.references, **references}
+    size = input_size or getattr(split, "input_size", None) or model.input_size or (meta or {}).get("input_size")
     if not size:
         raise SplitcError("splitc.save needs the model's input size: pass input_size=(C, H, W).")
-    return save_artifact(model, path, {**(meta or {}), "input_size": list(size)}, references)
+    return save_artifact(model, path, {**model.meta, **(meta or {}), "input_size": list(size)}, references)
 
 
 def save_artifact(model: SplitModel, path: str | os.PathLike, meta: dict[str, Any] | None = None,
@@ -165,6 +166,7 @@ def read_artifact(path: str | os.PathLike, references: bool = True) -> SplitArti
     plan = SplitPlan.from_dict(header["plan"])
     model = SplitModel(plan, {s.name: modules[s.name] for s in plan.subgraphs}).eval()
     refs = {n[len(REFERENCE):]: m.eval() for n, m in modules.items() if n.startswith(REFERENCE)}
+    model.meta, model.input_size, model.references = dict(header["meta"]), tuple(header["input_size"]), dict(refs)
     return SplitArtifact(model, tuple(header["input_size"]), header["meta"], refs, tuple(eval_only))
 
 

@@ -148,15 +148,21 @@ def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike
     compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard, runner=runner)
     err = runner.run("check", max_rel_err, compiled.model, compiled.masked, analysis.input_size)
     summary = structural_report(analysis, hard, compiled.model, err)
-    meta = {"model": analysis.model_name, "num_classes": analysis.num_classes,
+    meta = split_meta(analysis, hard, compiled.model, summary, class_names, origin)
+    with replacing(out, force), runner.step("save"):
+        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked, compiled.masked)
+    return {"split_dir": str(out), **summary}
+
+
+def split_meta(analysis: Analysis, hard: HardAssignment, model: SplitModel, summary: dict[str, Any],
+               class_names: list[str] | None = None, origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """split.json's fields for a compiled split (also what ``splitc.SplitNet.compile`` attaches)."""
+    return {"model": analysis.model_name, "num_classes": analysis.num_classes,
             "input_size": list(analysis.input_size), "scope": spec_to_dict(analysis.scope.spec),
             "groups_of_space": {str(s): g.tolist() for s, g in hard.groups_of_space.items()},
             "overlap": {str(s): [[n, list(gs)] for n, gs in nodes.items()] for s, nodes in hard.overlap.items()},
             "class_names": class_names or [str(i) for i in range(analysis.num_classes)],
-            "plan": compiled.model.plan.to_dict(), **(origin or {}), "report": summary}
-    with replacing(out, force), runner.step("save"):
-        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked, compiled.masked)
-    return {"split_dir": str(out), **summary}
+            "plan": model.plan.to_dict(), **(origin or {}), "report": summary}
 
 
 def random_split(model: str, spec: ScopeSpec, out: str | os.PathLike, num_classes: int | None = None,

@@ -83,6 +83,10 @@ class SplitModel(nn.Module):
         self.plan = plan
         # ModuleDict keys may not contain dots: "g0.1" is stored as "g0_1".
         self.parts = nn.ModuleDict({module_key(name): modules[name] for name in (s.name for s in plan.subgraphs)})
+        # What travels with the split as a value (splitc.save, splitc.export), when known:
+        self.meta: dict = {}                              # split.json's fields: model, scope, groups, classes, report
+        self.input_size: tuple[int, ...] | None = None    # (C, H, W) it was compiled at
+        self.references: dict[str, nn.Module] = {}        # "masked" / "unsplit": what verify compares with
 
     def subgraph(self, name: str) -> fx.GraphModule:
         return self.parts[module_key(name)]

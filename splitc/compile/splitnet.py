@@ -1,0 +1,183 @@
+"""``splitc.SplitNet``: the SplitNet recipe on any ``nn.Module`` object, inside the user's loop.
+
+    sp = splitc.SplitNet(model, example_inputs=torch.randn(1, 3, 32, 32), groups=2,
+                         split_from="layer3", steps=len(loader) * epochs, probe=loader)
+    for x, y in loader:                                   # the user's data, model and optimiser
+        loss = F.cross_entropy(model(x), y) + sp.regularizer()
+        opt.zero_grad(); loss.backward(); opt.step(); sp.step()
+    split = sp.compile()                                  # trunk -> branches -> merge, an nn.Module
+
+It is the same object ``splitc learn`` drives (:class:`splitc.learn.session.SplitSession`: the
+same phases, the same grouping, the same "did not learn" warning when ``val`` is given), built
+from a module instead of a model name: the model is traced once (its parameters are shared with
+the traced graph, so the user's optimiser trains what the regularizers read), the assignments
+get their own optimiser, and ``compile`` runs the compiler passes that ``splitc split`` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from splitc.compile.split import compile_split
+from splitc.compile.split_run import VERIFY_TOLERANCE, max_rel_err, split_meta, structural_report
+from splitc.core.errors import SplitcError
+from splitc.data.batches import accuracy
+from splitc.data.bundle import DataBundle
+from splitc.graph.analysis import analyse, analysis_warnings
+from splitc.graph.counting import count
+from splitc.graph.scope import make_spec
+from splitc.graph.split_model import SplitModel
+from splitc.learn import schedule
+from splitc.learn.assign import AssignmentSet
+from splitc.learn.config import CUT_INITS, LearnConfig, check_config, default_init_groups, resolve_start
+from splitc.learn.cut_groups import check_flat
+from splitc.learn.grouping import cut_shares, hardened, warn
+from splitc.learn.health import chance_warning, near_chance
+from splitc.learn.optim import make_optimizers
+from splitc.learn.session import SplitSession
+from splitc.learn.state import LearnRun
+
+
+class SplitNet(SplitSession):
+    """Learn to split ``model`` while the caller trains it (see the module docstring).
+
+    ``steps``: the optimiser steps the caller will take (the phases are placed in them);
+    ``probe``: training images (a DataLoader or Dataset, ideally without augmentation) whose
+    class means group the classes (the default ``cluster-cut``); ``val``: validation data, for the
+    adaptive warm-up and the near-chance warning; ``trained``: the model starts trained (the
+    trained-start recipe: no warm-up); by default measured on ``val`` when given. Other keywords
+    are :class:`~splitc.learn.config.LearnConfig`'s (``lr`` is the caller's, which sets the
+    assignments' rate; ``init_groups``, ``assign``, ``gamma_w``, ...)."""
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, steps: int, groups: str | int | None = None,
+                 split_from: str | None = None, split_depth: str | int | None = None, preset: str | None = None,
+                 probe: DataLoader | Dataset | None = None, val: DataLoader | Dataset | None = None,
+                 steps_per_epoch: int | None = None, trained: bool | None = None,
+                 class_names: list[str] | None = None, seed: int = 0, **options: Any) -> None:
+        if not isinstance(model, nn.Module) or not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
+            raise SplitcError("SplitNet takes an nn.Module and example_inputs, a tensor batch such as "
+                              "torch.randn(1, 3, 32, 32).")
+        size = tuple(int(d) for d in example_inputs.shape[1:])
+        device = next(model.parameters()).device
+        classes = _num_classes(model, example_inputs)
+        probe_set, val_set = _dataset(probe), _dataset(val)
+        name = f"{type(model).__module__}:{type(model).__qualname__}"
+        config = LearnConfig(model=name, data="api", groups=None if groups is None else str(groups),
+                             split_from=split_from, split_depth=None if split_depth is None else str(split_depth),
+                             preset=preset, max_steps=steps, seed=seed, device=str(device), out="", **options)
+        check_config(config)
+        start_acc = None
+        if trained is None and val_set is not None:   # measured only to decide (an evaluation draws from the RNG)
+            start_acc = accuracy(model, val_set, device)
+        if trained is None:
+            trained = start_acc is not None and not near_chance(start_acc, classes, len(val_set))
+        config = resolve_start(config, trained)
+        if val_set is None and config.warmup == "adaptive":
+            config = replace(config, warmup="fixed")   # the adaptive warm-up decides on validation accuracy
+        analysis = analyse(name, make_spec(config.groups, split_from, config.split_depth, preset), classes, size,
+                           model=model)
+        config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
+        if config.init_groups in CUT_INITS:
+            check_flat(analysis.scope)
+            if probe_set is None:
+                raise SplitcError(f"init_groups {config.init_groups} groups the classes by their features: pass "
+                                  "probe= (training images, a DataLoader or Dataset), or init_groups='learned'.")
+        aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=seed).to(device)
+        optimizers = {k: v for k, v in make_optimizers(config, analysis.gm, aset).items() if k != "weights"}
+        per_epoch = steps_per_epoch or (len(probe) if isinstance(probe, DataLoader) else steps)
+        floor, cap = schedule.warmup_bounds(config.warmup_epochs, per_epoch, steps, config.warmup == "adaptive")
+        if val_set is None and "warmup_epochs" not in options:   # no validation to end it: at most the cap share
+            floor = cap = min(floor, round(schedule.WARMUP_CAP_SHARE * steps))
+        bundle = DataBundle(probe_set, val_set, tuple(class_names or map(str, range(classes))), None, None, size,
+                            "api", probe_set)
+        run = LearnRun(config, analysis, bundle, aset, optimizers, device, None, per_epoch, steps, cap,
+                       round(config.soft_epochs * per_epoch), floor, start_val_acc=start_acc)
+        super().__init__(run)
+        run.session = self
+        for line in analysis_warnings(analysis):
+            warn(run, line)
+        self.start()
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning line so far (each was also printed once)."""
+        return list(self.run.warnings)
+
+    def finish(self) -> float | None:
+        """Validation accuracy at the end (with ``val``), with learn's near-chance warning."""
+        run = self.run
+        if run.bundle.val is None:
+            return None
+        acc = accuracy(run.analysis.gm, run.bundle.val, run.device)
+        if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
+            warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val), "at the end of the run"))
+        return acc
+
+    def compile(self) -> SplitModel:
+        """The split of the model's current weights by the hardened groups (``splitc split``'s
+        passes): an ``nn.Module`` carrying its split.json fields and masked reference, checked
+        against that reference on fresh inputs (the error is in ``meta["report"]["max_rel_err"]``)."""
+        run = self.run
+        self.finish()
+        if not run.probed:
+            warn(run, f"compiled at step {run.step}, still in the warm-up (it ends at step {run.warmup_steps}): the "
+                      "regularizers never ran, so the groups are the random start; give SplitNet the steps you train")
+        analysis, hard = run.analysis, hardened(run)
+        compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard)
+        err = max_rel_err(compiled.model, compiled.masked, analysis.input_size)
+        summary = structural_report(analysis, hard, compiled.model, err)
+        model = compiled.model
+        model.meta = split_meta(analysis, hard, model, summary, list(run.bundle.class_names),
+                                {"assign": run.config.assign, "data": "api"})
+        model.input_size, model.references = analysis.input_size, {"unsplit": compiled.masked}
+        return model
+
+    def verify(self, split: SplitModel, batches: int = 3) -> float:
+        """The largest relative error of ``split`` against its masked reference on fresh random
+        inputs (<= 1e-5 when compiled and not trained since); a warning line above that."""
+        reference = split.references.get("masked") or split.references.get("unsplit")
+        if reference is None or split.input_size is None:
+            raise SplitcError("verify needs a split from SplitNet.compile or splitc.load (it carries its reference).")
+        err = max_rel_err(split, reference, split.input_size, batches)
+        if err > VERIFY_TOLERANCE:
+            warn(self.run, f"the split differs from its masked reference by {err:.2e} (tolerance {VERIFY_TOLERANCE:.0e}); "
+                           "trained since compile? compare before finetuning")
+        return err
+
+    def report(self) -> dict[str, Any]:
+        """Params, FLOPs, group sizes and the cut energy of the split the current groups make."""
+        run = self.run
+        ir, scope = run.analysis.ir, run.analysis.scope
+        hard = hardened(run)
+        cost = count(ir, scope, hard)
+        return {"phase": self.phase, "step": run.step, "init_groups": run.config.init_groups,
+                "params": {"baseline": cost.baseline.params, "split": cost.split.params,
+                           "reduced_pct": round(cost.params_reduced_pct, 4)},
+                "flops": {"baseline": cost.baseline.flops, "split": cost.split.flops,
+                          "reduced_pct": round(cost.flops_reduced_pct, 4)},
+                "group_sizes": {f"{s} {ir.spaces[s].name}": v for s, v in sorted(hard.group_sizes(ir, scope).items())},
+                "cut_energy": cut_shares(run).get("total"), "warnings": list(run.warnings)}
+
+
+def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example[:1])
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise SplitcError(f"SplitNet needs a model whose forward returns one (batch, classes) logits tensor, "
+                          f"got {type(out).__name__}{'' if not isinstance(out, torch.Tensor) else list(out.shape)}.")
+    return int(out.shape[1])
+
+
+def _dataset(data: DataLoader | Dataset | None) -> Dataset | None:
+    """A DataLoader's dataset (learn's probes and evaluation read datasets), or the dataset itself."""
+    return data.dataset if isinstance(data, DataLoader) else data
