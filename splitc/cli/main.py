@@ -15,6 +15,7 @@ from splitc.cli.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, S
 from splitc.core.errors import SplitcError
 from splitc.core.files import MANIFEST_JSON
 from splitc.data.bundle import NORMALIZE_HELP
+from splitc.graph.scope import DEFAULT_GROUPS
 from splitc.learn.assign import ASSIGNMENT_KINDS
 from splitc.learn.config import ASSIGN_OPTIMIZERS, COMMIT_GROUPS, INIT_GROUPS, TRAINED_DEFAULTS
 
@@ -70,7 +71,7 @@ def scope_options(fn: Callable) -> Callable:
     """--groups and the three mutually exclusive ways to choose a scope."""
     options = [
         click.option("--groups", "groups", default=None, metavar="G[,G2]",
-                     help="Groups per level; '2,4' is a hierarchical split (default 2)."),
+                     help=f"Groups per level; '2,4' is a hierarchical split (default {DEFAULT_GROUPS})."),
         click.option("--split-from", default=None, metavar="NAME[,NAME2]",
                      help="Split everything from this module on (e.g. layer4); its input is shared."),
         click.option("--split-depth", default=None, metavar="D[,D2]",

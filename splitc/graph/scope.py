@@ -108,11 +108,14 @@ def _preset_spec(preset: str, model: str | None, groups) -> ScopeSpec:
     return spec
 
 
+DEFAULT_GROUPS = "2"   # --groups when neither it nor a preset is given: inspect, learn and SplitNet alike
+
+
 def _parse_groups(groups) -> tuple[int, ...]:
     if isinstance(groups, tuple):
         levels = groups
     else:
-        levels = tuple(_parse_int("--groups", g) for g in str(groups or "2").split(","))
+        levels = tuple(_parse_int("--groups", g) for g in str(groups or DEFAULT_GROUPS).split(","))
     if any(g < 2 for g in levels):
         raise SplitcError(f"--groups needs G >= 2 at every level, got {levels}.")
     for lo, hi in zip(levels, levels[1:]):

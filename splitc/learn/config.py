@@ -12,6 +12,7 @@ import torch
 from splitc.learn.assign import ASSIGNMENT_KINDS
 from splitc.core.errors import SplitcError
 from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, LEARN_METRICS
+from splitc.graph.scope import DEFAULT_GROUPS
 
 CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JSON
 FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
@@ -31,7 +32,6 @@ CUT_INITS = ("cluster-cut", "classifier-cut")   # the class map fixed at once, c
 DEFAULT_INIT_GROUPS = "cluster-cut"
 COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
 ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
-DEFAULT_GROUPS = "4"
 # The recipe's numbers that depend on the start (issue 26): from random weights (the paper's
 # CIFAR schedule: a plain warm-up first), or from trained ones (--weights that clear chance): no
 # warm-up, a finetune-sized lr and a short budget of epochs, as the authors' ImageNet code.
