@@ -1,8 +1,9 @@
 """The from-trained table (issue 26): every row starts from the same trained resnet20.
 
-    .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups 2,4]
+    .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups-list 2,4]
         [--teacher-epochs 20] [--post-epochs 6] [--learn-epochs 3] [--seeds 0,1,2] [--jobs 2]
-        [--rows all] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
+        [--rows all (all but classifier)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
+        [--merge OTHER.json ...] [--report-only]
 
 Per seed, one plain resnet20 is trained once (the teacher, ``end_to_end.fit_plain``) and saved;
 then, per G, every row spends the same ``--post-epochs`` of training steps after the teacher and
@@ -54,6 +55,8 @@ CPU = torch.device("cpu")
 ROWS = {
     "default": "splitc default from the teacher",
     "default+kd": "splitc default from the teacher, finetune --distill",
+    "classifier": "splitc, classes grouped by the classifier's rows",
+    "classifier+kd": "splitc, classes by the classifier's rows, --distill",
     "random": "SplitNet-Random from the teacher",
     "random+kd": "SplitNet-Random from the teacher, --distill",
     "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
@@ -80,13 +83,15 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU)}
 
 
-def split_rows(args: argparse.Namespace, groups: int, seed: int, assign: str) -> list[dict]:
+SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"}}
+
+
+def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> list[dict]:
     """learn from the teacher -> split -> finetune twice (plain, distilled) from the same split."""
-    key = "default" if assign == "softmax" else "random"
     out = Path(args.out) / f"{key}-g{groups}-seed{seed}"
     started = time.perf_counter()
     result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
-                               weights=str(teacher_path(args, seed)), epochs=args.learn_epochs, assign=assign,
+                               weights=str(teacher_path(args, seed)), epochs=args.learn_epochs, **SPLIT_ROWS[key],
                                batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
                    progress=False)
     summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
@@ -172,8 +177,8 @@ def run_task(args: argparse.Namespace, task: tuple, threads: int) -> list[dict]:
     if kind == "teacher":
         return [{"key": "teacher", **train_teacher(args, rest[0])}]
     key, groups, seed = rest
-    if key in ("default", "random"):
-        return split_rows(args, groups, seed, "softmax" if key == "default" else "random")
+    if key in SPLIT_ROWS:
+        return split_rows(args, key, groups, seed)
     return [anchor_row(args, key, groups, seed)]
 
 
@@ -233,12 +238,13 @@ def report(runs: list[dict]) -> None:
                   ms(r["cleared_val_acc"]), f"{r['seconds']:.0f}"] for r in rows]))
     by = {(r["groups"], r["key"]): r for r in rows}
     for (g, key), r in by.items():
-        for ref in ("pruned" + key[len(key.split("+")[0]):], "random" + key[len(key.split("+")[0]):]):
-            if key.startswith("default") and (g, ref) in by:
+        kd = key[len(key.split("+")[0]):]
+        for ref in ("pruned" + kd, "random" + kd, "default" + kd):
+            if key.split("+")[0] in ("default", "classifier") and key != ref and (g, ref) in by:
                 o = by[(g, ref)]
                 print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "
                       f"(sum of stds {100 * (r['val_acc'][1] + o['val_acc'][1]):.2f} pp)")
-        if key.startswith("default") and teachers:
+        if key.split("+")[0] in ("default", "classifier") and teachers:
             print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
 
 
@@ -256,19 +262,25 @@ def main() -> None:
     parser.add_argument("--out", default="runs/from_trained")
     parser.add_argument("--json-out", default=None)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--merge", nargs="*", default=[], help="earlier runs' JSON (same teachers) to report with")
+    parser.add_argument("--report-only", action="store_true", help="print the table of --merge and exit")
     args = parser.parse_args()
-    keys = list(ROWS) if args.rows == "all" else args.rows.split(",")
+    earlier = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
+    if args.report_only:
+        report(earlier)
+        return
+    keys = [k for k in ROWS if not k.startswith("classifier")] if args.rows == "all" else args.rows.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     gs = [int(g) for g in args.groups_list.split(",")]
     wanted = {k.split("+")[0] for k in keys}
-    split_keys = [k for k in ("default", "random") if k in wanted]
+    split_keys = [k for k in SPLIT_ROWS if k in wanted]
     anchors = [k for k in ("pruned", "pruned+kd") if k in keys]
     late = [k for k in ("narrow", "scratch") if k in keys]     # the long from-scratch controls last
     phases = [[("teacher", s) for s in seeds if not teacher_path(args, s).is_file()],
               [("row", k, g, s) for g in gs for s in seeds for k in split_keys + anchors],
               [("row", k, g, s) for g in gs for s in seeds for k in late]]
     started = time.perf_counter()
-    runs = run_all(args, [p for p in phases if p])
+    runs = earlier + run_all(args, [p for p in phases if p])
     print(f"\n{args.model} on {args.data}, from {args.split_from}, teacher {args.teacher_epochs} epochs, "
           f"{args.post_epochs} epochs after it ({args.learn_epochs} learn + the rest finetune for the split rows), "
           f"seeds {args.seeds} ({time.perf_counter() - started:.0f} s)")
