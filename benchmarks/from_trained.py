@@ -248,6 +248,19 @@ def report(runs: list[dict]) -> None:
             print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
 
 
+def markdown(runs: list[dict]) -> str:
+    """The table for docs/: per G and row, every seed's accuracy, mean ± std, one-shot, after
+    clearing, seconds per run."""
+    ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
+    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | after clearing | s/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summarise(runs):
+        seeds = sorted((x["seed"], x["val_acc"]) for x in runs if x.get("groups") == r["groups"] and x["key"] == r["key"])
+        lines.append(f"| {r['groups']} | {r['method']} | {r['params']:,} | {' / '.join(f'{v:.4f}' for _, v in seeds)} | "
+                     f"{ms(r['val_acc'])} | {ms(r['oneshot_val_acc'])} | {ms(r['cleared_val_acc'])} | {r['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     from end_to_end import training_parser
 
@@ -268,6 +281,7 @@ def main() -> None:
     earlier = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
     if args.report_only:
         report(earlier)
+        print(markdown(earlier))
         return
     keys = [k for k in ROWS if not k.startswith("classifier")] if args.rows == "all" else args.rows.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
