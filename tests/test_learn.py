@@ -217,7 +217,7 @@ KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from splitc.learn.loop import LearnConfig, learn
-learn(LearnConfig(model="resnet20", data="synthetic:fast", max_steps=200, warmup_epochs=0.04,
+learn(LearnConfig(model="resnet20", data="synthetic:fast", groups="4", max_steps=200, warmup_epochs=0.04,
                   batch_size=16, checkpoint_every=1, log_every=1, out=sys.argv[1]), progress=False)
 """
 

@@ -25,7 +25,7 @@ def test_wheel_layout(tmp_path: Path) -> None:
 
 
 # import name -> the extra's distribution, for packages the shipped code imports lazily
-OPTIONAL = {"timm": "timm", "ray": "ray", "tritonclient": "tritonclient", "torch_pruning": "torch-pruning",
+OPTIONAL = {"timm": "timm", "huggingface_hub": "huggingface-hub", "ray": "ray", "tritonclient": "tritonclient", "torch_pruning": "torch-pruning",
             "google": "protobuf"}
 # import name -> distribution name, where they differ
 DISTRIBUTION_OF = {"PIL": "pillow", "sklearn": "scikit-learn", "mpl_toolkits": "matplotlib", "onnxruntime": "onnxruntime-gpu"}
