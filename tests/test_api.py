@@ -96,6 +96,10 @@ def test_own_loop_example_loads_without_its_class_and_verifies(tmp_path: Path) -
     verify = subprocess.run([sys.executable, "-m", "splitc.cli", "verify", str(out / "onnx"), "--json"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"], verify.stdout + verify.stderr
+    report = subprocess.run([sys.executable, "-m", "splitc.cli", "report", str(out / "onnx"), "--out",
+                             str(tmp_path / "report.html")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert report.returncode == 0 and "cannot be built here" in report.stderr, report.stderr[-2000:]
+    assert (tmp_path / "report.html").stat().st_size > 1000
 
 
 def test_readme_api_block_runs_as_written(tmp_path: Path, monkeypatch) -> None:
