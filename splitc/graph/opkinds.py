@@ -179,13 +179,7 @@ def register_module(cls: type, kind: Kind | str) -> type:
     ``bias``, ``groups``, ``kernel_size``, ``out_channels``). Returns ``cls``."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_module takes an nn.Module subclass, got {cls!r}")
-    new = parse_kind(kind)
-    old = USER_MODULE_KINDS.get(cls) or MODULE_KINDS.get(cls)
-    if old is not None:
-        raise ValueError(f"module {_qualname(cls)} is already registered as {old.value!r} "
-                         f"({_who(cls in USER_MODULE_KINDS)}); cannot register it again as {new.value!r}")
-    USER_MODULE_KINDS[cls] = new
-    return cls
+    return _register(cls, kind, "module", USER_MODULE_KINDS, MODULE_KINDS)
 
 
 def register_function(fn: object, kind: Kind | str) -> object:
@@ -194,13 +188,18 @@ def register_function(fn: object, kind: Kind | str) -> object:
     Returns ``fn``."""
     if not callable(fn) or isinstance(fn, type):
         raise TypeError(f"register_function takes a function, got {fn!r}")
+    return _register(fn, kind, "function", USER_FUNCTION_KINDS, FUNCTION_KINDS)
+
+
+def _register(target, kind: Kind | str, what: str, user: dict, builtin: dict):
+    """One registration; a target already in either table (the user's or the built-in) raises."""
     new = parse_kind(kind)
-    old = USER_FUNCTION_KINDS.get(fn) or FUNCTION_KINDS.get(fn)
+    old = user.get(target) or builtin.get(target)
     if old is not None:
-        raise ValueError(f"function {_qualname(fn)} is already registered as {old.value!r} "
-                         f"({_who(fn in USER_FUNCTION_KINDS)}); cannot register it again as {new.value!r}")
-    USER_FUNCTION_KINDS[fn] = new
-    return fn
+        raise ValueError(f"{what} {_qualname(target)} is already registered as {old.value!r} "
+                         f"({_who(target in user)}); cannot register it again as {new.value!r}")
+    user[target] = new
+    return target
 
 
 def unregister(target: object) -> None:
