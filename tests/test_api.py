@@ -20,7 +20,7 @@ from splitc.compile.split_run import load_run
 from splitc.core.errors import SplitcError
 from splitc.data.batches import epoch_loader
 from splitc.data.loaders import load_data
-from splitc.graph import zoo
+from splitc.graph import opkinds, zoo
 from splitc.learn.grouping import hardened
 from splitc.learn.loop import LearnConfig, learn
 from splitc.learn.optim import schedule_at
@@ -107,7 +107,13 @@ def test_readme_api_block_runs_as_written(tmp_path: Path, monkeypatch) -> None:
     section = text[text.index("## Use splitc as a library"):]
     block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    registered = dict(opkinds.USER_MODULE_KINDS), dict(opkinds.USER_FUNCTION_KINDS)
+    try:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    finally:   # the block registers its MyNorm: other tests in this process start from an empty registry
+        for table, before in zip((opkinds.USER_MODULE_KINDS, opkinds.USER_FUNCTION_KINDS), registered):
+            table.clear()
+            table.update(before)
     assert (tmp_path / "split.pt2").is_file() and (tmp_path / "onnx" / "manifest.json").is_file()
 
 
