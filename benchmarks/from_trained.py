@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups-list 2,4]
         [--teacher-epochs 20] [--post-epochs 6] [--learn-epochs 3] [--seeds 0,1,2] [--jobs 2]
-        [--rows all (all but classifier)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
-        [--merge OTHER.json ...] [--report-only]
+        [--rows all (all but classifier, oneshot)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
+        [--merge OTHER.json ...] [--report-only]      (--data shapes: the tests' PNG ImageFolder, written under --out)
 
 Per seed, one plain resnet20 is trained once (the teacher, ``end_to_end.fit_plain``) and saved;
 then, per G, every row spends the same ``--post-epochs`` of training steps after the teacher and
@@ -11,13 +11,18 @@ the compressed rows have the split's params:
 
 - ``default`` / ``default+kd``: ``splitc learn --weights teacher`` (the trained-start recipe,
   ``--learn-epochs`` of them), ``split``, then ``finetune`` for the rest, without / with ``--distill``;
+- ``classifier`` / ``oneshot`` (+kd): the classes grouped by the classifier's rows; or the groups
+  cut at once from the teacher (one learn step) and every post epoch spent in finetune, the
+  authors' ImageNet practice;
 - ``random`` / ``random+kd``: the same with SplitNet-Random (``--assign random``) from the teacher;
 - ``pruned`` / ``pruned+kd``: the teacher pruned by Torch-Pruning (L2 magnitude, DepGraph-coupled,
   its ``--split-from`` region, ``anchors.prune_to``) to the split's params, then finetuned with
   finetune's optimiser (SGD lr 0.01, Nesterov, wd 5e-4, cosine) without / with distillation;
 - ``narrow``: resnet20 at the split's params trained from scratch for teacher + post epochs;
 - ``scratch``: the split architecture itself (the default row's split model, re-initialised)
-  trained from scratch for teacher + post epochs: the control of Liu et al. 2019.
+  trained from scratch for teacher + post epochs: the control of Liu et al. 2019;
+- ``e2e``: today's from-scratch path (learn, split, finetune at their default budgets, no teacher),
+  run in the same pool as the rows above: the wall time the from-trained path is compared with.
 
 It prints per row the mean ± std over the seeds of the final accuracy, of the one-shot split
 (groups committed, nothing cleared) and of the split after clearing, and the seconds per run
@@ -57,12 +62,15 @@ ROWS = {
     "default+kd": "splitc default from the teacher, finetune --distill",
     "classifier": "splitc, classes grouped by the classifier's rows",
     "classifier+kd": "splitc, classes by the classifier's rows, --distill",
+    "oneshot": "splitc one-shot from the teacher: cut at once, finetuned",
+    "oneshot+kd": "splitc one-shot from the teacher, --distill",
     "random": "SplitNet-Random from the teacher",
     "random+kd": "SplitNet-Random from the teacher, --distill",
     "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
     "pruned+kd": "Torch-Pruning from the teacher, distilled",
     "narrow": "narrow resnet20 from scratch (teacher + post steps)",
     "scratch": "the split architecture from scratch (teacher + post steps)",
+    "e2e": "splitc from scratch: learn, split, finetune at their defaults",
 }
 
 
@@ -83,15 +91,18 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU)}
 
 
-SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"}}
+SPLITC = ("default", "classifier", "oneshot")     # splitc's own rows, compared with the anchors
+SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
+              "oneshot": {"max_steps": 1}}   # oneshot: the cut made at step 0 (no clearing), all post epochs finetune
 
 
 def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> list[dict]:
     """learn from the teacher -> split -> finetune twice (plain, distilled) from the same split."""
     out = Path(args.out) / f"{key}-g{groups}-seed{seed}"
     started = time.perf_counter()
+    budget = {} if key == "oneshot" else {"epochs": args.learn_epochs}
     result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
-                               weights=str(teacher_path(args, seed)), epochs=args.learn_epochs, **SPLIT_ROWS[key],
+                               weights=str(teacher_path(args, seed)), **budget, **SPLIT_ROWS[key],
                                batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
                    progress=False)
     summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
@@ -106,7 +117,8 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
             shutil.copytree(out / "split", folder)
         t0 = time.perf_counter()
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
-                                        epochs=args.post_epochs - args.learn_epochs, batch_size=args.batch_size,
+                                        epochs=args.post_epochs - (0 if budget == {} else args.learn_epochs),
+                                        batch_size=args.batch_size,
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
@@ -116,6 +128,22 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
                      "seconds": round(shared + time.perf_counter() - t0, 1),
                      "finetune_seconds": round(time.perf_counter() - t0, 1)})
     return rows
+
+
+def e2e_row(args: argparse.Namespace, groups: int, seed: int) -> dict:
+    """Today's from-scratch path, no teacher: ``splitc learn`` (random weights, its default budget),
+    ``split``, ``finetune`` (its default epochs): the wall time the from-trained path is held to."""
+    out = Path(args.out) / f"e2e-g{groups}-seed{seed}"
+    started = time.perf_counter()
+    result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
+                               batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
+                   progress=False)
+    summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
+    tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=args.data, seed=seed, force=True,
+                                    batch_size=args.batch_size), progress=False)
+    return {"key": "e2e", "groups": groups, "seed": seed, "params": summary["params"], "val_acc": tuned.val_acc,
+            "oneshot_val_acc": result.oneshot_val_acc, "cleared_val_acc": result.masked_val_acc,
+            "steps": result.steps + tuned.steps, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.Namespace, seed: int,
@@ -179,6 +207,8 @@ def run_task(args: argparse.Namespace, task: tuple, threads: int) -> list[dict]:
     key, groups, seed = rest
     if key in SPLIT_ROWS:
         return split_rows(args, key, groups, seed)
+    if key == "e2e":
+        return [e2e_row(args, groups, seed)]
     return [anchor_row(args, key, groups, seed)]
 
 
@@ -240,12 +270,16 @@ def report(runs: list[dict]) -> None:
     for (g, key), r in by.items():
         kd = key[len(key.split("+")[0]):]
         for ref in ("pruned" + kd, "random" + kd, "default" + kd):
-            if key.split("+")[0] in ("default", "classifier") and key != ref and (g, ref) in by:
+            if key.split("+")[0] in SPLITC and key != ref and (g, ref) in by:
                 o = by[(g, ref)]
                 print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "
                       f"(sum of stds {100 * (r['val_acc'][1] + o['val_acc'][1]):.2f} pp)")
-        if key.split("+")[0] in ("default", "classifier") and teachers:
+        if key.split("+")[0] in SPLITC and teachers:
             print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
+        if key in SPLITC and (g, "e2e") in by:
+            e2e = by[(g, "e2e")]
+            print(f"G={g} {key} wall time / the from-scratch path's: {r['seconds'] / e2e['seconds']:.2f} "
+                  f"({r['seconds']:.0f} s vs {e2e['seconds']:.0f} s; accuracy {r['val_acc'][0]:.4f} vs {e2e['val_acc'][0]:.4f})")
 
 
 def markdown(runs: list[dict]) -> str:
@@ -279,20 +313,27 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="print the table of --merge and exit")
     args = parser.parse_args()
     earlier = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
+    done = {(r["key"], r.get("groups"), r["seed"]) for r in earlier}
     if args.report_only:
         report(earlier)
         print(markdown(earlier))
         return
-    keys = [k for k in ROWS if not k.startswith("classifier")] if args.rows == "all" else args.rows.split(",")
+    keys = ([k for k in ROWS if not k.startswith(("classifier", "oneshot"))] if args.rows == "all"
+            else args.rows.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     gs = [int(g) for g in args.groups_list.split(",")]
     wanted = {k.split("+")[0] for k in keys}
     split_keys = [k for k in SPLIT_ROWS if k in wanted]
     anchors = [k for k in ("pruned", "pruned+kd") if k in keys]
-    late = [k for k in ("narrow", "scratch") if k in keys]     # the long from-scratch controls last
+    late = [k for k in ("e2e", "narrow", "scratch") if k in keys]     # the long from-scratch controls last
+    if args.data in ("shapes", "cifar"):    # the tests' PNG ImageFolder (or CIFAR folder) of drawn shapes
+        from learn_unseen import data_spec
+        args.data = data_spec(args.data, Path(args.out))
     phases = [[("teacher", s) for s in seeds if not teacher_path(args, s).is_file()],
               [("row", k, g, s) for g in gs for s in seeds for k in split_keys + anchors],
               [("row", k, g, s) for g in gs for s in seeds for k in late]]
+    # rows already in a --merge file (same teachers) are not run again; a split row runs with its +kd twin
+    phases = [[t for t in p if t[0] == "teacher" or (t[1], t[2], t[3]) not in done] for p in phases]
     started = time.perf_counter()
     runs = earlier + run_all(args, [p for p in phases if p])
     print(f"\n{args.model} on {args.data}, from {args.split_from}, teacher {args.teacher_epochs} epochs, "

@@ -138,3 +138,36 @@ def test_cli_default_is_cluster_cut_for_one_level(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["init_groups"] == "cluster-cut"
     assert summary["superclass_ari"] == pytest.approx(summary["feature_ari"])
+
+
+def test_classifier_cut_commits_the_classifier_rows_and_reports_the_features_apart(tmp_path: Path) -> None:
+    """--init-groups classifier-cut: the committed class map is the clustering of the classifier's
+    rows (the warm-up record's class_groups_start); feature_groups/feature_ari stay the clustering
+    of the split-input class means, which the same run computes for cluster-cut."""
+    from safetensors.torch import load_file
+
+    from splitc.data.synthetic import NUM_CLASSES
+    from splitc.graph.analysis import analyse
+    from splitc.graph.scope import make_spec
+    from splitc.learn.groups import class_space_levels, classifier_rows, cluster_classes
+
+    base = dict(model="resnet20", data="synthetic:fast", groups="4", split_from="layer3", max_steps=5,
+                warmup="fixed", warmup_epochs=0.04, batch_size=16, log_every=1, seed=3)
+    docs, warm = {}, {}
+    for init in ("cluster-cut", "classifier-cut"):
+        result = learn(LearnConfig(**base, init_groups=init, out=str(tmp_path / init)), progress=False)
+        docs[init] = json.loads((result.run_dir / "assignment.json").read_text())
+        warm[init] = next(json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+                          if json.loads(line)["kind"] == "warmup_end")
+        assert docs[init]["class_groups"] == warm[init]["class_groups_start"]
+    assert docs["cluster-cut"]["feature_groups"] == docs["cluster-cut"]["class_groups"]
+    # both runs share the seed and the warm-up steps: the same features, so the same feature clustering
+    assert docs["classifier-cut"]["feature_groups"] == docs["cluster-cut"]["feature_groups"]
+    # the classifier rows at the warm-up's end (the teacher file holds those weights) give the committed map
+    run_dir = tmp_path / "classifier-cut"
+    analysis = analyse("resnet20", make_spec("4", "layer3"), NUM_CLASSES, (3, 32, 32))
+    analysis.gm.load_state_dict(load_file(run_dir / "teacher.safetensors"))
+    ir = analysis.ir
+    labels = cluster_classes(classifier_rows(analysis.gm, ir), class_space_levels(analysis.scope, ir), seed=3)
+    names = list(docs["classifier-cut"]["class_groups"])
+    assert [int(g) for g in labels] == [docs["classifier-cut"]["class_groups"][n] for n in names]

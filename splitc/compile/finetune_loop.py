@@ -162,6 +162,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
     scheduler = schedule_at(optimizer, config.lr, config.schedule, run.total, step)
     bar = tqdm(total=run.total, initial=step, desc="finetune", disable=not progress, dynamic_ncols=True)
     correct = seen = 0
+    val = None
     while step < run.total:
         epoch = step // run.steps_per_epoch
         model.train()
@@ -183,7 +184,7 @@ def train(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
         _log(run, replica, {"step": step, "epoch": epoch, "val_acc": val, "kind": "epoch_end"})
         bar.set_postfix(val_acc=f"{val:.3f}")
     bar.close()
-    return _finish(run, model, replica, step, correct / seen if seen else None)
+    return _finish(run, model, replica, step, correct / seen if seen else None, val)
 
 
 def train_step(run: Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, replica: Replica, step: int,
@@ -209,10 +210,11 @@ def _log(run: Run, replica: Replica, record: dict[str, Any]) -> None:
 
 
 def _finish(run: Run, model: torch.nn.Module, replica: Replica, step: int,
-            train_acc: float | None) -> FinetuneResult:
-    """Validate, then write the weights and split.json (train_acc is None when a resumed run that
-    was already complete trained nothing)."""
-    val_acc = accuracy(model, run.bundle.val, run.device)
+            train_acc: float | None, val_acc: float | None) -> FinetuneResult:
+    """Write the weights and split.json with the last epoch's validation (validated here when a
+    resumed run that was already complete trained nothing: train_acc and val_acc None)."""
+    if val_acc is None:
+        val_acc = accuracy(model, run.bundle.val, run.device)
     state = replica.model_state(model)
     if replica.writer:
         write_tensors(run.folder / FINETUNED_WEIGHTS, state)

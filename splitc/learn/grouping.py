@@ -49,16 +49,17 @@ def end_warmup(run: LearnRun) -> None:
     wanted = run.bundle.superclass_of is not None or run.config.init_groups != "learned"
     if not wanted or ir.class_space not in run.aset:
         return
-    dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
-    means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.bundle.num_classes, run.device)
-    labels = cluster_classes(means, class_space_levels(scope, ir), seed=run.config.seed)
-    if run.config.init_groups == "classifier-cut":   # the authors' practice: the classifier's rows
-        labels = cluster_classes(classifier_rows(run.analysis.gm, ir), class_space_levels(scope, ir),
-                                 seed=run.config.seed)
-    run.feature_groups = tuple(int(g) for g in labels)
-    run.feature_ari = superclass_ari(run.bundle.superclass_of, labels)
-    energy = cluster_classes(classifier_energy(run.analysis.gm, ir), class_space_levels(scope, ir),
-                             seed=run.config.seed)
+    levels = class_space_levels(scope, ir)
+    by_classifier = run.config.init_groups == "classifier-cut"   # the authors' practice: the classifier's rows
+    if run.bundle.superclass_of is not None or not by_classifier:  # the split-input class means: used or reported
+        dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
+        means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.bundle.num_classes, run.device)
+        features = cluster_classes(means, levels, seed=run.config.seed)
+        run.feature_groups = tuple(int(g) for g in features)
+        run.feature_ari = superclass_ari(run.bundle.superclass_of, features)
+    labels = (cluster_classes(classifier_rows(run.analysis.gm, ir), levels, seed=run.config.seed)
+              if by_classifier else features)
+    energy = cluster_classes(classifier_energy(run.analysis.gm, ir), levels, seed=run.config.seed)
     run.energy_ari = superclass_ari(run.bundle.superclass_of, energy)
     if run.config.init_groups == "cluster":
         init_class_assignment(run.aset, ir, labels)
@@ -68,7 +69,9 @@ def end_warmup(run: LearnRun) -> None:
             run.oneshot_val_acc = masked_val_acc(run)   # the start cut at once: a one-shot split
     log_record(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
                "classifier_energy_ari": run.energy_ari,
-               "feature_groups": dict(zip(run.bundle.class_names, run.feature_groups)),
+               "feature_groups": (None if run.feature_groups is None
+                                  else dict(zip(run.bundle.class_names, run.feature_groups))),
+               "class_groups_start": dict(zip(run.bundle.class_names, (int(g) for g in labels))),
                "init_groups": run.config.init_groups})
 
 
