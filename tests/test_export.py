@@ -19,8 +19,8 @@ from filelock import FileLock
 
 from splitc.core.errors import SplitcError
 from splitc.deploy.export import EXAMPLE_BATCH, VERIFY_BATCH, export_split, verify_artifact
-from splitc.deploy.manifest import (BATCH, GraphEntry, SubgraphEntry, parse_devices, place, read_manifest,
-                             sha256_of)
+from splitc.core.outputs import sha256_of
+from splitc.deploy.manifest import BATCH, GraphEntry, SubgraphEntry, parse_devices, place, read_manifest
 from splitc.graph.scope import PRESETS, ScopeSpec
 from splitc.compile.split_dir import read_meta
 from splitc.graph.split_model import INPUT

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from splitc.core.errors import SplitcError
-from splitc.graph.weights import file_sha256
+from splitc.core.outputs import sha256_of
 
 TEACHER = "teacher.safetensors"
 DEFAULT_T = 4.0        # Hinton's common defaults; the from-trained table measures them here
@@ -45,7 +45,7 @@ def load_teacher(folder: Path, meta: dict[str, Any], dense: nn.Module, device: t
     if not record or not path.is_file():
         raise SplitcError(f"{folder} records no teacher (dense weights the split came from); split a learn run of "
                           "this splitc again (it writes teacher.safetensors), or finetune without --distill.")
-    if file_sha256(path) != record["sha256"]:
+    if sha256_of(path) != record["sha256"]:
         raise SplitcError(f"{path} does not match the SHA-256 in split.json: the teacher was changed; "
                           "split again, or finetune without --distill.")
     teacher = copy.deepcopy(dense).to(device)

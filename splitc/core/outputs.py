@@ -12,6 +12,7 @@ one put back. So no file of the earlier run survives beside the new ones, and a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -126,3 +127,13 @@ def _fsync(target: str | os.PathLike, flags: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in blocks: what split.json and manifests record of the files
+    they name (weights, teachers, exported graphs), so a changed file is caught."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

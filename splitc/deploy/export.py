@@ -29,9 +29,9 @@ from tqdm import tqdm
 from splitc import __version__
 from splitc.core.errors import SplitcError
 from splitc.core.numerics import relative_error
-from splitc.core.outputs import claim, replacing
+from splitc.core.outputs import claim, replacing, sha256_of
 from splitc.deploy.manifest import (BATCH, MANIFEST, SCHEMA_VERSION, GraphEntry, Manifest, ModelIdentity, SubgraphEntry,
-                       TensorInfo, file_entry, parse_devices, place, read_manifest, sha256_of)
+                       TensorInfo, file_entry, parse_devices, place, read_manifest)
 from splitc.compile.split import subgraph_inputs
 from splitc.graph.counting import count_graph
 from splitc.core.pipeline import PassRunner

@@ -12,7 +12,6 @@ recompute it for other devices from the FLOPs stored here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +22,7 @@ from splitc.core.documents import read_document
 from splitc.core.errors import SplitcError
 from splitc.graph.split_model import TensorRef
 from splitc.core.files import MANIFEST_JSON
+from splitc.core.outputs import sha256_of
 
 SCHEMA_VERSION = 1
 MANIFEST = MANIFEST_JSON
@@ -161,13 +161,6 @@ def _tensor(d: dict[str, Any]) -> TensorInfo:
     return TensorInfo(d["name"], tuple(d["shape"]), d["dtype"],
                       TensorRef(src["producer"], src["index"]) if src else None)
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entry(folder: Path, name: str) -> FileEntry:

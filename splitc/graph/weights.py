@@ -18,7 +18,6 @@ fresh initialisation and the returned note says so.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from splitc.core.errors import SplitcError, did_you_mean
+from splitc.core.outputs import sha256_of
 
 FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 TORCHVISION = "torchvision:"
@@ -53,7 +53,7 @@ def load_weights(model: nn.Module, source: str, model_name: str) -> LoadedWeight
     if source == TIMM:
         state = _timm_filter(state, model)
     notes = _apply(model, state, path)
-    return LoadedWeights(source, str(path), file_sha256(path), tuple(notes))
+    return LoadedWeights(source, str(path), sha256_of(path), tuple(notes))
 
 
 def resolve_source(source: str, model_name: str) -> Path:
@@ -193,10 +193,3 @@ def _first(keys: list[str]) -> str:
     more = f", ... {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

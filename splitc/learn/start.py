@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from splitc.core.outputs import atomic_write
+from splitc.core.outputs import atomic_write, sha256_of
 from splitc.data.batches import accuracy
 from splitc.data.bundle import DataBundle
 from splitc.graph import zoo
-from splitc.graph.weights import LoadedWeights, file_sha256, load_weights
+from splitc.graph.weights import LoadedWeights, load_weights
 from splitc.learn.health import near_chance
 
 TEACHER = "teacher.safetensors"
@@ -62,4 +62,4 @@ def save_teacher(model: nn.Module, run_dir: Path) -> str:
     path = run_dir / TEACHER
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    return file_sha256(path)
+    return sha256_of(path)
