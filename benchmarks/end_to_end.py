@@ -68,13 +68,22 @@ def fit_plain(model: torch.nn.Module, bundle, epochs: int, batch_size: int, lr: 
     sched = torch.optim.lr_scheduler
     schedule = sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, 1.0 / ramp, 1.0, ramp),
                                               sched.CosineAnnealingLR(optimizer, max(1, total - ramp))], [ramp])
+    train_epochs(model, bundle, epochs, batch_size, seed, optimizer, schedule, on_epoch=on_epoch, progress=progress)
+
+
+def train_epochs(model: torch.nn.Module, bundle, epochs: int, batch_size: int, seed: int,
+                 optimizer: torch.optim.Optimizer, schedule, loss_of: Callable | None = None,
+                 on_epoch: Callable[[int], None] | None = None, progress: bool = False) -> None:
+    """The plain loop every dense row shares: shuffled batches (seeded), ``loss_of(logits, x, y)``
+    (cross-entropy by default), the optimiser and its per-step schedule."""
+    loss_of = loss_of or (lambda logits, x, y: F.cross_entropy(logits, y))
     loader = torch.utils.data.DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(seed))
-    with tqdm(total=total, desc="plain", disable=not progress) as bar:
+    with tqdm(total=epochs * len(loader), desc="plain", disable=not progress) as bar:
         for epoch in range(epochs):
             model.train()
             for x, y in loader:
-                loss = F.cross_entropy(model(x), y)
+                loss = loss_of(model(x), x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -43,7 +43,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss
@@ -166,25 +165,18 @@ def soft_kd_row(args: argparse.Namespace, groups: int, seed: int) -> dict:
 def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.Namespace, seed: int,
                    teacher: torch.nn.Module | None) -> None:
     """finetune's optimiser on a dense (pruned) model: SGD lr 0.01, Nesterov, wd 5e-4, cosine."""
+    from end_to_end import train_epochs
+
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    loader = torch.utils.data.DataLoader(bundle.train, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            logits = model(x)
-            if teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.no_grad():
-                    target = teacher(x)
-                loss = distill_loss(logits, target, y, DEFAULT_T, DEFAULT_ALPHA)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+
+    def distilled(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x)
+        return distill_loss(logits, target, y, DEFAULT_T, DEFAULT_ALPHA)
+
+    train_epochs(model, bundle, epochs, args.batch_size, seed, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+                 None if teacher is None else distilled)
 
 
 def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> dict:
