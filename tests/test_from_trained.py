@@ -113,3 +113,27 @@ def test_distill_without_a_teacher_is_one_line(tmp_path: Path) -> None:
                  input_size=(3, 32, 32))
     with pytest.raises(SplitcError, match="records no teacher"):
         finetune(FinetuneConfig(str(tmp_path / "split"), data=DATA, max_steps=1, distill=True), progress=False)
+
+
+def test_epochs_0_is_a_one_shot_split_from_trained_weights(trained, tmp_path: Path) -> None:
+    """--epochs 0 from trained weights: no step; the groups committed at once; the masked accuracy
+    is the one-shot split's, and the split made from it computes it (then finetune trains it)."""
+    result = learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", weights=str(trained[0]),
+                               epochs=0, batch_size=16, out=str(tmp_path / "run")), progress=False)
+    doc = json.loads((tmp_path / "run" / "assignment.json").read_text())
+    assert doc["steps"] == 0 and doc["committed"] and doc["val_acc"] == pytest.approx(trained[1])
+    assert doc["masked_val_acc"] == doc["oneshot_val_acc"] == result.masked_val_acc
+    teacher = load_file(str(tmp_path / "run" / "teacher.safetensors"))
+    given = torch.load(trained[0], weights_only=True)
+    assert all(torch.equal(teacher[k], given[k]) for k in given)      # no step changed the network
+    run_split(tmp_path / "run", tmp_path / "split", accept_unlearned=True)
+    from splitc.compile.split_dir import load_split
+    split = load_split(tmp_path / "split").model
+    acc = accuracy(split, load_data(DATA, seed=0).val, torch.device("cpu"))
+    assert acc == pytest.approx(doc["oneshot_val_acc"], abs=0.02)   # float sums in another order may flip a near tie
+
+
+def test_epochs_0_needs_trained_weights(tmp_path: Path) -> None:
+    with pytest.raises(SplitcError, match="--epochs 0 .* needs --weights of a trained network"):
+        learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", epochs=0,
+                          out=str(tmp_path / "run")), progress=False)

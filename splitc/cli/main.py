@@ -176,8 +176,10 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
               help="Epochs after the warm-up over which R_D ramps in (the soft phase).")
 @click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up (default 0.5 epochs, at least 150 steps, at most a "
                    "quarter of the run; 0 turns it off).")
-@click.option("--epochs", type=AT_LEAST_ONE, default=None,
-              help="Default: 10, and at least 1500 steps on a small data set.")
+@click.option("--epochs", type=click.IntRange(min=0), default=None,
+              help="Default: 10, and at least 1500 steps on a small data set; from trained --weights, "
+                   f"{TRAINED_DEFAULTS['epochs']}. 0 (trained --weights only): a one-shot split, the groups "
+                   "read off the network and cut at once, nothing cleared; finetune does the rest.")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=AT_LEAST_ONE, default=None)
 @click.option("--lr", type=POSITIVE, default=None)

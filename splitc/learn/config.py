@@ -148,6 +148,9 @@ def check_config(config: LearnConfig) -> None:
 
 def resolve_start(config: LearnConfig, trained: bool) -> LearnConfig:
     """Fill the options left unset with the defaults of the run's start (trained or not)."""
+    if config.epochs == 0 and config.max_steps is None and not trained:
+        raise SplitcError("--epochs 0 (a one-shot split: the groups read off the network and cut at once) "
+                          "needs --weights of a trained network; give --epochs 1 or more.")
     defaults = TRAINED_DEFAULTS if trained else SCRATCH_DEFAULTS
     unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return replace(config, **unset)
@@ -177,9 +180,11 @@ def check_numbers(config: LearnConfig) -> None:
         if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
             kind = "a finite number > 0" if name in positive else "a finite number >= 0"
             raise SplitcError(f"{name} must be {kind}, got {value}.")
-    counts = {"--epochs": config.epochs, "--batch-size": config.batch_size, "--max-steps": config.max_steps}
+    counts = {"--batch-size": config.batch_size, "--max-steps": config.max_steps}
     for name, value in counts.items():
         if value is not None and value < 1:
             raise SplitcError(f"{name} must be at least 1, got {value}.")
+    if config.epochs is not None and config.epochs < 0:
+        raise SplitcError(f"--epochs must be at least 0 (0: a one-shot split from --weights), got {config.epochs}.")
     if config.overlap is not None and not 0 < config.overlap < 1:
         raise SplitcError(f"--overlap must be in (0, 1), got {config.overlap}.")

@@ -85,7 +85,8 @@ def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> 
     for line in (*run.start_notes, *analysis_warnings(run.analysis)):
         warn(run, line)
     _train(run, progress)
-    val_acc = evaluate(run)
+    # --epochs 0 from trained weights (a one-shot split): the network is the start, already measured
+    val_acc = run.start_val_acc if run.step == 0 and run.start_val_acc is not None else evaluate(run)
     save_run(run)
     result = _finish(run, val_acc)
     ranks.barrier()   # every rank returns after rank 0 has written its files
@@ -225,7 +226,8 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
                            s in run.frozen) for s in sorted(soft)]
     shares = cut_shares(run)
-    masked_acc = masked_val_acc(run) if run.aset.by_space else None
+    masked_acc = (run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None   # the cut, untouched
+                  else masked_val_acc(run) if run.aset.by_space else None)
     classes, n_val = run.bundle.num_classes, len(run.bundle.val)
     learned = not near_chance(val_acc, classes, n_val)
     if not learned:
