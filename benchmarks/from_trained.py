@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups-list 2,4]
         [--teacher-epochs 20] [--post-epochs 6] [--learn-epochs 3] [--seeds 0,1,2] [--jobs 2]
-        [--rows all (all but classifier, oneshot)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
+        [--rows all (all but classifier, default+kd-soft)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
         [--merge OTHER.json ...] [--report-only]      (--data shapes: the tests' PNG ImageFolder, written under --out)
 
 Per seed, one plain resnet20 is trained once (the teacher, ``end_to_end.fit_plain``) and saved;
@@ -58,14 +58,16 @@ from splitc.learn.loop import LearnConfig, learn
 CPU = torch.device("cpu")
 SOFT_KD = (2.0, 0.5)   # a second distillation setting beside the common (DEFAULT_T, DEFAULT_ALPHA)
 ROWS = {
-    "default": "splitc default from the teacher",
-    "default+kd": "splitc default from the teacher, finetune --distill",
+    "default": "splitc from the teacher, R_W clears the cut (learn --epochs 3)",
+    "default+kd": "splitc from the teacher, R_W clears the cut, --distill",
     "classifier": "splitc, classes grouped by the classifier's rows",
     "classifier+kd": "splitc, classes by the classifier's rows, --distill",
-    "oneshot": "splitc one-shot from the teacher: cut at once, finetuned",
-    "oneshot+kd": "splitc one-shot from the teacher, --distill",
-    "random": "SplitNet-Random from the teacher",
-    "random+kd": "SplitNet-Random from the teacher, --distill",
+    "oneshot": "splitc default from the teacher: one-shot (learn --epochs 0)",
+    "oneshot+kd": "splitc default from the teacher: one-shot, --distill",
+    "random": "SplitNet-Random from the teacher, R_W clears the cut",
+    "random+kd": "SplitNet-Random from the teacher, R_W clears the cut, --distill",
+    "random-oneshot": "SplitNet-Random from the teacher, one-shot",
+    "random-oneshot+kd": "SplitNet-Random from the teacher, one-shot, --distill",
     "default+kd-soft": f"splitc default from the teacher, --distill-t {SOFT_KD[0]:g} --distill-alpha {SOFT_KD[1]:g}",
     "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
     "pruned+kd": "Torch-Pruning from the teacher, distilled",
@@ -94,16 +96,17 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
 
 SPLITC = ("default", "classifier", "oneshot")     # splitc's own rows, compared with the anchors
 SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
-              "oneshot": {"max_steps": 1}}   # oneshot: the cut made at step 0 (no clearing), all post epochs finetune
+              "oneshot": {}, "random-oneshot": {"assign": "random"}}
+ONESHOT = ("oneshot", "random-oneshot")   # learn --epochs 0: the cut made at once, every post epoch in finetune
 
 
 def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> list[dict]:
     """learn from the teacher -> split -> finetune twice (plain, distilled) from the same split."""
     out = Path(args.out) / f"{key}-g{groups}-seed{seed}"
     started = time.perf_counter()
-    budget = {} if key == "oneshot" else {"epochs": args.learn_epochs}
+    learn_epochs = 0 if key in ONESHOT else args.learn_epochs
     result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
-                               weights=str(teacher_path(args, seed)), **budget, **SPLIT_ROWS[key],
+                               weights=str(teacher_path(args, seed)), epochs=learn_epochs, **SPLIT_ROWS[key],
                                batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
                    progress=False)
     summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
@@ -118,7 +121,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
             shutil.copytree(out / "split", folder)
         t0 = time.perf_counter()
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
-                                        epochs=args.post_epochs - (0 if budget == {} else args.learn_epochs),
+                                        epochs=args.post_epochs - learn_epochs,
                                         batch_size=args.batch_size,
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
@@ -280,7 +283,7 @@ def report(runs: list[dict]) -> None:
     by = {(r["groups"], r["key"]): r for r in rows}
     for (g, key), r in by.items():
         kd = key[len(key.split("+")[0]):]
-        for ref in ("pruned" + kd, "random" + kd, "default" + kd):
+        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd):
             if key.split("+")[0] in SPLITC and key != ref and (g, ref) in by:
                 o = by[(g, ref)]
                 print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "
@@ -329,7 +332,7 @@ def main() -> None:
         report(earlier)
         print(markdown(earlier))
         return
-    keys = ([k for k in ROWS if not k.startswith(("classifier", "oneshot"))] if args.rows == "all"
+    keys = ([k for k in ROWS if not k.startswith(("classifier", "default+kd-soft"))] if args.rows == "all"
             else args.rows.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     gs = [int(g) for g in args.groups_list.split(",")]

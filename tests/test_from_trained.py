@@ -115,11 +115,13 @@ def test_distill_without_a_teacher_is_one_line(tmp_path: Path) -> None:
         finetune(FinetuneConfig(str(tmp_path / "split"), data=DATA, max_steps=1, distill=True), progress=False)
 
 
-def test_epochs_0_is_a_one_shot_split_from_trained_weights(trained, tmp_path: Path) -> None:
-    """--epochs 0 from trained weights: no step; the groups committed at once; the masked accuracy
-    is the one-shot split's, and the split made from it computes it (then finetune trains it)."""
+@pytest.mark.parametrize("epochs", [None, 0])
+def test_the_trained_default_is_a_one_shot_split(trained, tmp_path: Path, epochs: int | None) -> None:
+    """From trained weights, by default and with --epochs 0: no step; the groups committed at
+    once; the masked accuracy is the one-shot split's, and the split made from it computes it
+    (then finetune trains it)."""
     result = learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", weights=str(trained[0]),
-                               epochs=0, batch_size=16, out=str(tmp_path / "run")), progress=False)
+                               epochs=epochs, batch_size=16, out=str(tmp_path / "run")), progress=False)
     doc = json.loads((tmp_path / "run" / "assignment.json").read_text())
     assert doc["steps"] == 0 and doc["committed"] and doc["val_acc"] == pytest.approx(trained[1])
     assert doc["masked_val_acc"] == doc["oneshot_val_acc"] == result.masked_val_acc

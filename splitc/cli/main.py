@@ -132,8 +132,9 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
 @click.option("--input-size", default=None, metavar="C,H,W", help="Model input size (default: the data's).")
 @click.option("--weights", default=None, metavar="SRC",
               help=WEIGHTS_HELP + " From trained weights (above chance on the validation split) the run has no "
-                   "plain warm-up: the groups are read off the trained network at once and R_W clears the cut "
-                   "at a finetune-sized lr; its defaults are then " +
+                   "plain warm-up and, by default, no epochs: the classes are grouped by the trained features, the "
+                   "channels placed around them and cut at once (a one-shot split; then split and finetune). "
+                   "--epochs N first lets R_W clear the cut for N epochs. Its defaults are then " +
                    ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in TRAINED_DEFAULTS.items()) + ".")
 @click.option("--normalize", default=None, metavar="FORM", help=NORMALIZE_HELP)
 @scope_options
@@ -177,9 +178,9 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
 @click.option("--lr-warmup-epochs", type=NON_NEGATIVE, default=None, help="Linear learning-rate warm-up (default 0.5 epochs, at least 150 steps, at most a "
                    "quarter of the run; 0 turns it off).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None,
-              help="Default: 10, and at least 1500 steps on a small data set; from trained --weights, "
-                   f"{TRAINED_DEFAULTS['epochs']}. 0 (trained --weights only): a one-shot split, the groups "
-                   "read off the network and cut at once, nothing cleared; finetune does the rest.")
+              help="Default: 10, and at least 1500 steps on a small data set; from trained --weights "
+                   f"{TRAINED_DEFAULTS['epochs']}: a one-shot split, the groups read off the network and cut "
+                   "at once, nothing cleared (trained --weights only); finetune does the rest.")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=AT_LEAST_ONE, default=None)
 @click.option("--lr", type=POSITIVE, default=None)

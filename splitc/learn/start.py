@@ -3,7 +3,7 @@
 From trained weights the network is measured first (``start_val_acc``). If it clears chance
 (:mod:`splitc.learn.health`'s rule) the run takes the trained-start recipe
 (:data:`~splitc.learn.config.TRAINED_DEFAULTS`: no plain warm-up, the class groups read off the
-trained network at step 0, a finetune-sized lr, a few epochs); if not (e.g. the classifier was
+trained network at step 0 and cut at once, no epochs unless asked: a one-shot split); if not (e.g. the classifier was
 re-initialised for another class count) it says so and keeps the from-scratch recipe.
 
 The dense weights at the moment the regularizers start (the trained start itself, or the end of
