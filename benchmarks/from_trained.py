@@ -280,7 +280,7 @@ def report(runs: list[dict]) -> None:
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
     print(f"teacher (plain resnet20): {ms(teachers)}")
     rows = summarise(runs)
-    print(table(["G", "method", "params", "val acc", "one-shot split", "after clearing", "seconds per run"],
+    print(table(["G", "method", "params", "val acc", "one-shot split", "split before finetune", "seconds per run"],
                 [[r["groups"], r["method"], r["params"], ms(r["val_acc"]), ms(r["oneshot_val_acc"]),
                   ms(r["cleared_val_acc"]), f"{r['seconds']:.0f}"] for r in rows]))
     by = {(r["groups"], r["key"]): r for r in rows}
@@ -303,7 +303,7 @@ def markdown(runs: list[dict]) -> str:
     """The table for docs/: per G and row, every seed's accuracy, mean ± std, one-shot, after
     clearing, seconds per run."""
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
-    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | after clearing | s/run |",
+    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | split before finetune | s/run |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summarise(runs):
         seeds = sorted((x["seed"], x["val_acc"]) for x in runs if x.get("groups") == r["groups"] and x["key"] == r["key"])
