@@ -139,3 +139,19 @@ def test_epochs_0_needs_trained_weights(tmp_path: Path) -> None:
     with pytest.raises(SplitcError, match="--epochs 0 .* needs --weights of a trained network"):
         learn(LearnConfig(model="resnet20", data=DATA, groups="2", split_from="layer3", epochs=0,
                           out=str(tmp_path / "run")), progress=False)
+
+
+def test_splitnet_from_a_trained_model_compiles_the_one_shot_split_at_once(trained) -> None:
+    """The library's trained start: the groups are committed when SplitNet is built, so compile()
+    before any step is the one-shot split, and it computes the one-shot accuracy measured then."""
+    import splitc
+
+    bundle = load_data(DATA, seed=0)
+    model = zoo.build("resnet20", bundle.num_classes)
+    model.load_state_dict(torch.load(trained[0], weights_only=True))
+    sp = splitc.SplitNet(model, torch.randn(1, 3, 32, 32), steps=10, groups=2, split_from="layer3",
+                         probe=bundle.train, val=bundle.val, trained=True)
+    assert sp.run.committed and sp.run.oneshot_val_acc is not None
+    split = sp.compile()
+    assert sp.verify(split) < 1e-4
+    assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(sp.run.oneshot_val_acc, abs=0.02)
