@@ -55,6 +55,7 @@ from splitc.compile.split_run import run_split
 from splitc.core.tables import table
 from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
+from splitc.data.sizes import choose_input_size
 from splitc.graph import zoo
 from splitc.learn.loop import LearnConfig, learn
 
@@ -80,6 +81,14 @@ ROWS = {
 }
 
 
+def data_of(args: argparse.Namespace, seed: int):
+    """The data at the input size ``splitc learn`` picks for the model (an ImageFolder of 32x32
+    images is read at resnet20's 32x32, not at the ImageFolder's 224x224 default)."""
+    spec = zoo.resolve(args.model)
+    size, _ = choose_input_size(args.data, spec.default_input_size, spec.source == "builtin")
+    return load_data(args.data, size, seed=seed)
+
+
 def teacher_path(args: argparse.Namespace, seed: int) -> Path:
     return Path(args.out) / f"teacher-seed{seed}.pt"
 
@@ -88,7 +97,7 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     from end_to_end import fit_plain
 
     torch.manual_seed(seed)
-    bundle = load_data(args.data, seed=seed)
+    bundle = data_of(args, seed)
     model = zoo.build(args.model, bundle.num_classes)
     fit_plain(model, bundle, args.teacher_epochs, args.batch_size, args.lr, seed, progress=False)
     path = teacher_path(args, seed)
@@ -114,7 +123,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
                    progress=False)
     summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
     shared = time.perf_counter() - started
-    bundle = load_data(args.data, seed=seed)
+    bundle = data_of(args, seed)
     cleared = accuracy(load_split(out / "split").model, bundle.val, CPU)
     rows = []
     for distill in (False,) if args.no_kd else (False, True):
@@ -192,7 +201,7 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
 
     torch.manual_seed(seed)
     started = time.perf_counter()
-    bundle = load_data(args.data, seed=seed)
+    bundle = data_of(args, seed)
     target = split_params(args.model, groups, args.split_from, bundle.num_classes, bundle.input_size)
     extra: dict = {}
     if key.startswith("pruned"):
