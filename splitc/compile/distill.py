@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from splitc.core.errors import SplitcError
+from splitc.core.files import TEACHER
 from splitc.core.outputs import sha256_of
 
-TEACHER = "teacher.safetensors"
 DEFAULT_T = 4.0        # Hinton's common defaults; the from-trained table measures them here
 DEFAULT_ALPHA = 0.9
 

@@ -26,7 +26,7 @@ from splitc.core.errors import SplitcError
 from splitc.learn.health import LEARNED_FLAG
 from splitc.core.numerics import relative_error
 from splitc.core.outputs import atomic_write, claim, replacing
-from splitc.compile.distill import TEACHER
+from splitc.core.files import TEACHER
 from splitc.passes.harden import harden
 from splitc.graph.scope import ScopeSpec, make_spec
 from splitc.core.pipeline import PassRunner

@@ -10,6 +10,7 @@ from __future__ import annotations
 LEARN_CHECKPOINT = "checkpoint.pt"
 LEARN_METRICS = "metrics.jsonl"
 ASSIGNMENT_JSON = "assignment.json"
+TEACHER = "teacher.safetensors"   # the dense weights a split came from (learn writes it, split copies it)
 # split directory (splitc split --out; finetune writes into it)
 SPLIT_JSON = "split.json"
 SPLIT_ARTIFACT = "split.splitc"   # the compiled split as exported programs (compile/artifact.py)

@@ -62,7 +62,8 @@ from splitc.learn.session import SplitSession, train_acc
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import lr_ramp_steps, make_optimizers, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
-from splitc.learn.start import TEACHER, build_start, save_teacher
+from splitc.core.files import TEACHER
+from splitc.learn.start import build_start, save_teacher
 from splitc.learn.state import LearnRun, identity, log_record, restore_run, save_run
 from splitc.core.outputs import atomic_write_text, fresh
 from splitc.graph.scope import make_spec

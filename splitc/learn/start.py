@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from splitc.core.files import TEACHER
 from splitc.core.outputs import atomic_write, sha256_of
 from splitc.data.batches import accuracy
 from splitc.data.bundle import DataBundle
@@ -26,7 +27,6 @@ from splitc.graph import zoo
 from splitc.graph.weights import LoadedWeights, load_weights
 from splitc.learn.health import near_chance
 
-TEACHER = "teacher.safetensors"
 
 
 @dataclass(frozen=True)
