@@ -15,7 +15,7 @@ clustering's ARI against the data's superclasses:
   groups under the paper's objective;
 - ``classifier W``: the signed classifier weights, which R_W cannot see.
 
-Why (METHOD.md §8, issue 3): the learned class groups can only be as semantic as what the
+Why (docs/METHOD.md §8, issue 3): the learned class groups can only be as semantic as what the
 regularizers see. Where ``split input`` is high and ``classifier |W|^2`` low, the data has the
 superclasses but the paper's objective has no gradient towards them. Every number is measured
 in this run.

@@ -1,4 +1,4 @@
-"""Benchmark: reduced gradient on the simplex against softmax + SGD (METHOD.md §2, §5).
+"""Benchmark: reduced gradient on the simplex against softmax + SGD (docs/METHOD.md §2, §5).
 
 Per column, three convex problems over the simplex with a known optimum ``d*``:
 - interior:  min ½‖d − t‖², ``t`` inside the simplex (``d* = t``);

@@ -255,7 +255,7 @@ def steps_if_any(run_dir: Path) -> list[dict]:
 
 
 def test_overlap_freezes_crisp_spaces_only(tmp_path: Path) -> None:
-    """METHOD.md §6: a space with < 20% fuzzy nodes stops training; a uniform one keeps going."""
+    """docs/METHOD.md §6: a space with < 20% fuzzy nodes stops training; a uniform one keeps going."""
     import splitc.learn.loop as learn_module
 
     state = learn_module._setup(replace(BASE, out=str(tmp_path / "o"), overlap=0.1))
@@ -271,7 +271,7 @@ def test_overlap_freezes_crisp_spaces_only(tmp_path: Path) -> None:
 
 
 def test_feature_ari_measured_at_the_end_of_warmup(base_run: LearnResult) -> None:
-    """METHOD.md §8's reference: the clustering of split-input class means, after the warm-up."""
+    """docs/METHOD.md §8's reference: the clustering of split-input class means, after the warm-up."""
     assert base_run.feature_ari is not None and -1.0 <= base_run.feature_ari <= 1.0
     ends = [m for m in metrics(base_run.run_dir) if m["kind"] == "warmup_end"]
     assert len(ends) == 1 and ends[0]["step"] == 3 and ends[0]["feature_ari"] == base_run.feature_ari

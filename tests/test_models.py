@@ -33,7 +33,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_wrn16_8_params_and_shape() -> None:
-    """METHOD.md §4 baseline: 11.0M params with 100 classes."""
+    """docs/METHOD.md §4 baseline: 11.0M params with 100 classes."""
     model = wrn16_8(num_classes=100)
     assert n_params(model) == pytest.approx(11.0e6, rel=0.01)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)

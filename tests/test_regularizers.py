@@ -1,4 +1,4 @@
-"""Tests for splitc.learn.regularizers against explicit NumPy loops over the METHOD.md §3 formulas."""
+"""Tests for splitc.learn.regularizers against explicit NumPy loops over the docs/METHOD.md §3 formulas."""
 
 from __future__ import annotations
 

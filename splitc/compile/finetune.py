@@ -1,4 +1,4 @@
-"""``splitc finetune``: train a split model after the split (METHOD.md §6).
+"""``splitc finetune``: train a split model after the split (docs/METHOD.md §6).
 
 The split removed the inter-group weights that learning had only shrunk, so a short
 finetune recovers the accuracy they carried. Same conventions as ``learn``: SGD with momentum

@@ -9,7 +9,7 @@ semantic groups, so it is built to be *not* trivially separable:
   amount of texture is hardly a cue.
 * The **superclass** is the texture, a trait every class of the superclass shares and that
   covers most of the object, so the network's own features group the classes by it
-  (METHOD.md §8: a taxonomy can only be recovered if it matches the network's similarity):
+  (docs/METHOD.md §8: a taxonomy can only be recovered if it matches the network's similarity):
   ``stripes`` (square-wave grating, period 5-6.5 px), ``dots`` (dot lattice, period 5-6.5 px),
   ``speckle`` (random pixels, aperiodic 1 px grain) and ``flat`` (no texture).
   Orientation, period and phase are random per image. The periodic textures are coarse enough

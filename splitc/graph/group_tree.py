@@ -47,7 +47,7 @@ class HardAssignment:
     """Group id of every node, per space in scope (groups of that space's level)."""
 
     groups_of_space: dict[int, np.ndarray]
-    # Overlap (METHOD.md §6): fuzzy nodes duplicated into several groups, per space
+    # Overlap (docs/METHOD.md §6): fuzzy nodes duplicated into several groups, per space
     # {node index: all its groups}; empty for a plain split.
     overlap: dict[int, dict[int, tuple[int, ...]]] = field(default_factory=dict)
 

@@ -37,7 +37,7 @@ class ScopeSpec:
         return f"G={','.join(map(str, self.groups))}, {how}"
 
 
-# Presets of built-in models: METHOD.md section 4 (Table 1 of the paper).
+# Presets of built-in models: docs/METHOD.md section 4 (Table 1 of the paper).
 PRESETS: dict[str, dict[str, ScopeSpec]] = {
     "wrn16_8": {
         "fc": ScopeSpec(groups=(4,), split_depth=(1,), preset="fc"),

@@ -1,5 +1,5 @@
 """Group assignments for every space in a split scope, and SplitNet's loss terms over a model
-(METHOD.md §2, §3, §4).
+(docs/METHOD.md §2, §3, §4).
 
 :class:`AssignmentSet` holds one assignment per channel space in ``scope.level_of`` (tied
 channels already share one space, so one parameter per space is the whole tie rule). Each space
@@ -35,7 +35,7 @@ from splitc.graph.scope import Scope, layer_kind
 from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment
 
 ASSIGNMENT_KINDS = ("softmax", "reduced-gradient", "random")
-# Layer kinds whose weights the split cuts, so R_W applies (METHOD.md §4).
+# Layer kinds whose weights the split cuts, so R_W applies (docs/METHOD.md §4).
 CUT_KINDS = ("block-diagonal", "mixed")
 
 
@@ -136,7 +136,7 @@ class AssignmentSet(nn.Module):
         return stacked[:, inverse]
 
     def hard(self) -> HardAssignment:
-        """Each node to its argmax group (METHOD.md §6, harden), as counting and the passes read it."""
+        """Each node to its argmax group (docs/METHOD.md §6, harden), as counting and the passes read it."""
         with torch.no_grad():
             return HardAssignment({s: A.argmax(dim=0).cpu().numpy().astype(np.int64)
                                    for s, A in self.items()})
@@ -239,7 +239,7 @@ def layer_weight_terms(gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: 
 
 def splitnet_regularizers(model_gm: nn.Module, ir: ChannelIR, scope: Scope, assignments: AssignmentSet,
                           *, normalize_energy: bool = True) -> dict[str, Tensor]:
-    """``{"R_W", "R_D", "R_E"}`` of METHOD.md §3 for the whole model.
+    """``{"R_W", "R_D", "R_E"}`` of docs/METHOD.md §3 for the whole model.
 
     R_W: per-layer terms combined by :func:`combine_layer_terms` (weighted by their detached
     shares, as the authors' code does); 0 when no layer is cut. R_D and R_E: summed over spaces,
@@ -260,7 +260,7 @@ def splitnet_regularizers(model_gm: nn.Module, ir: ChannelIR, scope: Scope, assi
 
 def splitnet_loss(ce: Tensor, regs: dict[str, Tensor],
                   gammas: tuple[float, float, float] = (1.0, 1.0, 10.0)) -> Tensor:
-    """``CE + γ_W·R_W + γ_D·R_D + γ_E·R_E`` (METHOD.md §3; the authors' defaults 1, 1, 10).
+    """``CE + γ_W·R_W + γ_D·R_D + γ_E·R_E`` (docs/METHOD.md §3; the authors' defaults 1, 1, 10).
 
     Weight decay is left to the optimizer, which is where ``λ‖W‖²`` normally lives.
     """

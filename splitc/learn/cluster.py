@@ -1,6 +1,6 @@
 """Balanced spectral clustering of classes, and the adjusted Rand index.
 
-Why here: METHOD.md §8 asks for a reference grouping that tells "the method failed" apart from
+Why here: docs/METHOD.md §8 asks for a reference grouping that tells "the method failed" apart from
 "the features have no such structure" (``feature_ari``), and ``--init-groups cluster`` starts
 the class-to-group assignment from the same clustering. Both need a clustering of a few dozen
 class-mean vectors into G groups of equal size, because SplitNet's R_E wants balanced groups,

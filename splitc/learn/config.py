@@ -15,7 +15,7 @@ from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, LEARN_METRICS
 from splitc.graph.scope import DEFAULT_GROUPS
 
 CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JSON
-FREEZE_FUZZY_FRACTION = 0.2  # METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
+FREEZE_FUZZY_FRACTION = 0.2  # docs/METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
 REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap is requested
 # How the groups are found (issue 13; docs/LEARN.md has the table that chose the default):
 # learned: the paper's (CIFAR), every map trained from a uniform start by the regularizers;
@@ -46,7 +46,7 @@ TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup":
 
 @dataclass(frozen=True)
 class LearnConfig:
-    """The options of ``splitc learn``; see METHOD.md §8 for why the defaults are what they are."""
+    """The options of ``splitc learn``; see docs/METHOD.md §8 for why the defaults are what they are."""
 
     model: str = "resnet20"
     data: str = "synthetic"
@@ -103,7 +103,7 @@ class LearnResult:
     val_acc: float
     group_sizes: dict[str, list[int]]
     superclass_ari: float | None
-    feature_ari: float | None       # the clustering reference of METHOD.md §8
+    feature_ari: float | None       # the clustering reference of docs/METHOD.md §8
     steps: int
     classifier_energy_ari: float | None = None  # the same clustering of what R_W sees of each class
     cut_energy: float | None = None  # share of cut layers' weight energy between the argmax groups

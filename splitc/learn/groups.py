@@ -1,7 +1,7 @@
 """What a learn run reports about its groups: the class-to-group map, the feature clustering it
 is judged against, and each space's entry in assignment.json.
 
-METHOD.md §8: an ARI against a taxonomy only says whether the learned groups follow the
+docs/METHOD.md §8: an ARI against a taxonomy only says whether the learned groups follow the
 taxonomy, and they can only be as semantic as the network's own features are. So at the end of
 the warm-up a learn run measures the class-mean features at the *split input* (the tensor that
 feeds the first layer the split cuts or partitions), clusters the classes by them into balanced
@@ -118,7 +118,7 @@ def classifier_layer(ir: ChannelIR) -> WeightLayer:
 @torch.no_grad()
 def classifier_energy(gm: fx.GraphModule, ir: ChannelIR) -> np.ndarray:
     """``(num_classes, in)``: each class's squared classifier weights per input channel, which is
-    all that R_W sees of a class (METHOD.md §3). Clustering these rows tells whether the
+    all that R_W sees of a class (docs/METHOD.md §3). Clustering these rows tells whether the
     regularizers *can* find the superclasses, beside ``feature_ari`` (whether the features have
     them): on the synthetic data the features cluster exactly and these energies do not."""
     layer = classifier_layer(ir)
@@ -189,7 +189,7 @@ def class_groups(aset: AssignmentSet, ir: ChannelIR, class_names: Sequence[str])
 
 
 def superclass_ari(superclass_of: Sequence[int] | None, class_group: Sequence[int] | None) -> float | None:
-    """ARI of a class grouping against the superclasses (METHOD.md §8: agreement with a taxonomy,
+    """ARI of a class grouping against the superclasses (docs/METHOD.md §8: agreement with a taxonomy,
     not the quality of the split); None when either is unknown."""
     if superclass_of is None or class_group is None:
         return None

@@ -1,8 +1,8 @@
-"""``splitc learn``: train a model and its group assignments together (METHOD.md §2, §3, §5, §6, §8).
+"""``splitc learn``: train a model and its group assignments together (docs/METHOD.md §2, §3, §5, §6, §8).
 
 The loop is plain SGD on the weights plus a second optimizer for the assignments (Adam on
 softmax logits, or :class:`~splitc.learn.simplex.ReducedGradient` on the simplex). The choices that
-follow the measured pitfalls of METHOD.md §8 (details in :mod:`splitc.learn.optim`):
+follow the measured pitfalls of docs/METHOD.md §8 (details in :mod:`splitc.learn.optim`):
 
 - the regularizers are off during a warm-up, so the grouping is decided once features exist;
   at its end the classes are clustered by their features at the split input

@@ -1,4 +1,4 @@
-"""Optimizers and schedules of ``splitc learn`` (METHOD.md §5, §8).
+"""Optimizers and schedules of ``splitc learn`` (docs/METHOD.md §5, §8).
 
 Why the assignments get their own optimizer: the gradients that reach the assignment logits are
 tiny (1e-5 to 1e-7, because R_D, R_E and R_W are normalised by channel counts and weight
@@ -22,7 +22,7 @@ default), reached at the last step or after ``gamma_d_rise`` of the regularized 
 time the run is split (:func:`disjoint_weight`).
 
 The soft phase (``soft_epochs``, off by default): R_D can ramp in after the warm-up, so that it
-does not harden the groups from the initial noise before R_W has a say (METHOD.md §8). On the
+does not harden the groups from the initial noise before R_W has a say (docs/METHOD.md §8). On the
 synthetic data it did not help: R_W and R_E alone are minimised at the uniform point, which
 Adam reaches, so the ramp erased the noise and any ``--init-groups cluster`` start alike (class
 ARI fell from 1.0 to 0.15), and the grouping was again decided when R_D arrived (0.08).

@@ -1,4 +1,4 @@
-"""SplitNet's regularizers as pure tensor functions (METHOD.md §3).
+"""SplitNet's regularizers as pure tensor functions (docs/METHOD.md §3).
 
 They know nothing about models: a caller hands in a weight tensor and the assignment matrices of
 its input and output channel spaces.
@@ -53,7 +53,7 @@ def group_weight_reg(
     conv_groups: int = 1,
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
-    """Group-lasso penalty R_W on the inter-group weights of one layer (METHOD.md §3).
+    """Group-lasso penalty R_W on the inter-group weights of one layer (docs/METHOD.md §3).
 
     ``R_W = Σ_g [ Σ_i (1−p_gi)·‖W_{i,:} ⊙ q_g‖₂ + Σ_j (1−q_gj)·‖W_{:,j} ⊙ p_g‖₂ ]``.
 
@@ -63,7 +63,7 @@ def group_weight_reg(
 
     ``normalize_energy`` divides by the layer's own ``sqrt(Σ W²)``, without detaching it. That
     makes R_W invariant to the scale of ``W`` (``R_W(cW) = R_W(W)`` for ``c > 0``), so a conv
-    followed by batch norm cannot lower R_W by shrinking all its weights (METHOD.md §8); only
+    followed by batch norm cannot lower R_W by shrinking all its weights (docs/METHOD.md §8); only
     moving energy out of the inter-group blocks helps. ``eps`` is then relative to that energy.
     """
     E = weight_energy_matrix(W, conv_groups)

@@ -138,7 +138,7 @@ def _maybe_commit(run: LearnRun) -> None:
 
 
 def freeze_crisp_spaces(run: LearnRun) -> None:
-    """METHOD.md §6: stop training a space once fewer than 20% of its nodes are fuzzy."""
+    """docs/METHOD.md §6: stop training a space once fewer than 20% of its nodes are fuzzy."""
     for space, matrix in run.aset.soft().items():
         if space in run.frozen:
             continue

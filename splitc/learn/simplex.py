@@ -1,4 +1,4 @@
-"""Group assignments on the probability simplex, and the reduced-gradient optimizer (METHOD.md §2, §5).
+"""Group assignments on the probability simplex, and the reduced-gradient optimizer (docs/METHOD.md §2, §5).
 
 An assignment matrix has shape ``(G, C)``; every column (one node's distribution over the ``G``
 groups) lies on the simplex. Two parameterisations:
@@ -48,7 +48,7 @@ def uniform_init(
     """Uniform ``(G, C)`` assignment plus Gaussian ``noise`` (std), projected onto the simplex.
 
     The noise breaks the symmetry of the exactly uniform point, where R_D's gradient is zero
-    (METHOD.md §8).
+    (docs/METHOD.md §8).
     """
     x = torch.full((G, C), 1.0 / G, dtype=dtype)
     if noise > 0:
@@ -62,7 +62,7 @@ def is_on_simplex(A: Tensor, atol: float = 1e-6) -> bool:
 
 
 def reduced_gradient(d: Tensor, grad: Tensor) -> Tensor:
-    """SimpleMKL's reduced gradient of every column of ``d`` (METHOD.md §5); shape ``(G, C)``.
+    """SimpleMKL's reduced gradient of every column of ``d`` (docs/METHOD.md §5); shape ``(G, C)``.
 
     With ``μ`` the argmax of the column and ``δ_m = ∂J/∂d_m − ∂J/∂d_μ``:
     ``∇red_m = δ_m`` where ``d_m > 0``, and ``0`` where ``d_m = 0`` and ``δ_m > 0`` (the bound blocks it);
@@ -101,7 +101,7 @@ def simplex_step(d: Tensor, red: Tensor, lr: float) -> Tensor:
 class ReducedGradient(torch.optim.Optimizer):
     """Reduced-gradient descent for ``(G, C)`` parameters whose columns lie on the simplex.
 
-    Each ``step()`` applies METHOD.md §5 to all columns at once (see :func:`reduced_gradient`
+    Each ``step()`` applies docs/METHOD.md §5 to all columns at once (see :func:`reduced_gradient`
     and :func:`simplex_step`). Only plain steps are supported: ``momentum`` must be 0, because a
     buffer of past reduced gradients was built for other active sets and argmaxes, so it is not
     a descent direction on the current face and keeps pushing into bounds that bind, truncating
@@ -142,7 +142,7 @@ class ReducedGradient(torch.optim.Optimizer):
 class SoftmaxAssignment(nn.Module):
     """Assignment ``softmax(α, dim=0)`` with logits ``α`` of shape ``(G, C)``.
 
-    METHOD.md's ``α ~ N(0, 0.01)`` is read as standard deviation 0.01 (the convention of
+    docs/METHOD.md's ``α ~ N(0, 0.01)`` is read as standard deviation 0.01 (the convention of
     ``torch.normal`` and of TensorFlow initialisers), not variance 0.01.
     """
 

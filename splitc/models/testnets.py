@@ -1,4 +1,4 @@
-"""Tiny CNNs for tests: each one isolates one channel-coupling construct of METHOD.md §1.
+"""Tiny CNNs for tests: each one isolates one channel-coupling construct of docs/METHOD.md §1.
 
 They run in milliseconds on CPU at 3x16x16 (and also at 3x32x32: heads use adaptive pooling),
 and all pass ``torch.fx.symbolic_trace``. ``tiny_mixed`` puts every construct in one graph so

@@ -96,5 +96,5 @@ class WideResNet(nn.Module):
 
 
 def wrn16_8(num_classes: int = 100, dropout: float = 0.0) -> WideResNet:
-    """WRN-16-8, the SplitNet CIFAR-100 model (11.0M params, METHOD.md §4)."""
+    """WRN-16-8, the SplitNet CIFAR-100 model (11.0M params, docs/METHOD.md §4)."""
     return WideResNet(depth=16, width=8, num_classes=num_classes, dropout=dropout)

@@ -1,4 +1,4 @@
-"""Pass: harden soft group assignments into one group per node (METHOD.md section 6).
+"""Pass: harden soft group assignments into one group per node (docs/METHOD.md section 6).
 
 Contract
   before: a ChannelIR, its Scope, and a soft assignment per space in scope: a matrix of shape

@@ -1,4 +1,4 @@
-"""Pass: zero the inter-group weights, producing the reference "masked model" (METHOD.md §6).
+"""Pass: zero the inter-group weights, producing the reference "masked model" (docs/METHOD.md §6).
 
 Contract
   before: a GraphModule, its ChannelIR and Scope, and a HardAssignment for the scope.

@@ -26,7 +26,7 @@ from splitc.graph.scope import PRESETS, ScopeSpec, last_stage, resolve_scope
 from splitc.compile.split import compile_split, subgraph_costs, total_cost
 
 TOL = 1e-5
-# The paper's Table 1 (METHOD.md section 4): params / FLOPs reduced, in percent.
+# The paper's Table 1 (docs/METHOD.md section 4): params / FLOPs reduced, in percent.
 TABLE1 = {"fc": (0.35, 0.0), "shallow": (32.54, 14.63), "deep": (46.39, 31.97), "hier": (62.58, 39.29)}
 # Last stage of each representative torchvision model (the scope starts there).
 LAST_STAGE = {
