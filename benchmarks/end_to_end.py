@@ -33,10 +33,8 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from splitc.graph.analysis import analyse
@@ -45,53 +43,12 @@ from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
 from splitc.compile.finetune import FinetuneConfig, finetune
 from splitc.learn.loop import LearnConfig, learn
-from splitc.learn.optim import lr_ramp_steps
+from splitc.learn.plain import fit_plain, train_epochs  # noqa: F401  (the benchmarks import them from here)
 from splitc.graph.scope import make_spec
 from splitc.compile.split_dir import load_split
 from splitc.compile.split_run import run_split
 from splitc.core.errors import SplitcError
 from splitc.core.tables import human, table
-
-
-def fit_plain(model: torch.nn.Module, bundle, epochs: int, batch_size: int, lr: float, seed: int,
-              on_epoch: Callable[[int], None] | None = None, progress: bool = True) -> None:
-    """Plain training: SGD (momentum 0.9, Nesterov), weight decay 1e-4, cosine over all steps.
-
-    Learn's optimiser without its assignments, Nesterov momentum and learn's linear lr
-    warm-up (half an epoch, at least 150 steps: torch's LinearLR, then CosineAnnealingLR);
-    ``on_epoch(e)`` runs after each epoch ``e`` (1-based), for probes that watch the features form.
-    """
-    steps_per_epoch = max(1, len(bundle.train) // batch_size)
-    total = epochs * steps_per_epoch
-    ramp = max(1, lr_ramp_steps(0.5, steps_per_epoch, total))   # learn's rule: without it resnet20 sat at chance on families
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler
-    schedule = sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, 1.0 / ramp, 1.0, ramp),
-                                              sched.CosineAnnealingLR(optimizer, max(1, total - ramp))], [ramp])
-    train_epochs(model, bundle, epochs, batch_size, seed, optimizer, schedule, on_epoch=on_epoch, progress=progress)
-
-
-def train_epochs(model: torch.nn.Module, bundle, epochs: int, batch_size: int, seed: int,
-                 optimizer: torch.optim.Optimizer, schedule, loss_of: Callable | None = None,
-                 on_epoch: Callable[[int], None] | None = None, progress: bool = False) -> None:
-    """The plain loop every dense row shares: shuffled batches (seeded), ``loss_of(logits, x, y)``
-    (cross-entropy by default), the optimiser and its per-step schedule."""
-    loss_of = loss_of or (lambda logits, x, y: F.cross_entropy(logits, y))
-    loader = torch.utils.data.DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    with tqdm(total=epochs * len(loader), desc="plain", disable=not progress) as bar:
-        for epoch in range(epochs):
-            model.train()
-            for x, y in loader:
-                loss = loss_of(model(x), x, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if on_epoch is not None:
-                on_epoch(epoch + 1)
 
 
 def train_plain(args: argparse.Namespace, seed: int, progress: bool = True) -> dict:

@@ -16,14 +16,19 @@ import torch
 from splitc.data import families, synthetic
 from splitc.data.bundle import DataBundle, DataError, check_size, pick_stats, tensor_splits
 from splitc.data.folders import load_cifar100, load_imagefolder
+from splitc.data.mnist import FORMATS as MNIST_FORMATS
+from splitc.data.mnist import NATURAL_SIZE as MNIST_SIZE
+from splitc.data.mnist import load_mnist_format
 from splitc.data.sizes import Size
 
 __all__ = ["DataBundle", "DataError", "describe_specs", "load_data"]
 
 _NATURAL_SIZE: dict[str, Size] = {
     "synthetic": (3, 32, 32), "digits": (3, 32, 32), "cifar100": (3, 32, 32),
-    "imagefolder": (3, 224, 224),
+    "imagefolder": (3, 224, 224), **{kind: MNIST_SIZE for kind in MNIST_FORMATS},
 }
+FORMS = "synthetic, synthetic:fast, synthetic:families, digits, fashion-mnist[:DIR], mnist:DIR, cifar100:PATH, imagefolder:PATH"
+
 
 def describe_specs() -> str:
     """Short help text for ``--data`` (shown by the CLI)."""
@@ -41,6 +46,11 @@ def describe_specs() -> str:
         "synthetic:families-fast, synthetic:families-tiny  same, {}+{} and {}+{} per class".format(
             *families.SIZES["fast"], *families.SIZES["tiny"]),
         "digits             sklearn 8x8 digits (offline), 10 classes, 80/20 stratified split",
+        "fashion-mnist[:DIR][@N]  Fashion-MNIST's idx files (.gz or not) in DIR, DIR/FashionMNIST/raw, or "
+        "Debian's /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist); 60,000+10,000 "
+        "28x28 grey images, 10 garments in 4 superclasses; val = test set; @N: the first N training images "
+        "per class; natural size 3x28x28 (grey replicated; --input-size 1,28,28 for a 1-channel model)",
+        "mnist:DIR[@N]      MNIST's idx files, the same layout (torchvision: DIR/MNIST/raw); no flips",
         "cifar100:PATH      official cifar-100-python pickles (train, test, meta) in PATH or "
         "PATH/cifar-100-python; val = test set; superclasses = coarse labels",
         "imagefolder:PATH   PATH/train/<class>/*, PATH/val/<class>/*, optional "
@@ -53,10 +63,12 @@ def load_data(spec: str, input_size: Size | None = None, *, seed: int = 0,
     """Load the train and validation splits named by ``spec`` (see :func:`describe_specs`),
     normalised by the form's default statistics or ``normalize`` (``bundle.pick_stats``)."""
     kind, _, arg = spec.strip().partition(":")
+    kind = kind.partition("@")[0]     # fashion-mnist@N: the subset suffix without a folder
     if kind not in _NATURAL_SIZE:
-        raise DataError(f"unknown --data {spec!r}; accepted forms: synthetic, synthetic:fast, "
-                        "synthetic:families, digits, cifar100:PATH, imagefolder:PATH")
+        raise DataError(f"unknown --data {spec!r}; accepted forms: {FORMS}")
     size = check_size(input_size if input_size is not None else _NATURAL_SIZE[kind])
+    if kind in MNIST_FORMATS:
+        return load_mnist_format(spec, size, flip, normalize)
     if kind == "synthetic" and arg.startswith("families"):
         return _load_families(spec, arg, size, seed, flip, normalize)
     if kind == "synthetic":
