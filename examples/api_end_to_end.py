@@ -1,62 +1,138 @@
-"""The Python API end to end, in one short script.
+"""A network you trained, split in one shot and served: the library, then the command line.
 
-Shows: learn -> split -> finetune -> export -> run the ONNX pipeline -> verify, without the
-command line, on resnet20 and the built-in synthetic data (fast variant, a minute or two on a CPU).
+Your model and data stay yours (here a small CNN defined in this script and an in-memory data
+set); splitc needs only ``import splitc``:
+
+1. train the dense network with a plain loop;
+2. ``splitc.SplitNet(..., val=...)`` sees it is trained and reads its groups off the trained
+   features at once, so ``compile()`` right away is the one-shot split (``splitc learn``'s
+   default from trained weights);
+3. finetune the split in the same plain loop, save it (``splitc.save``), export every subgraph
+   to ONNX (``splitc.export``);
+4. the command line takes over: ``splitc verify`` checks the ONNX pipeline against the PyTorch
+   split, ``splitc run`` runs it on an array of inputs.
 
     .venv/bin/python examples/api_end_to_end.py [--out runs/api] [--smoke]
 
-``--smoke`` runs every stage at a few steps on ``synthetic:tiny`` (the test suite runs it).
+``--smoke`` trains for a few steps on a smaller data set (the test suite runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from splitc.deploy import runtime
-from splitc.deploy.export import export_split, verify_artifact
-from splitc.compile.finetune import FinetuneConfig, finetune
-from splitc.learn.loop import LearnConfig, learn
-from splitc.compile.split_dir import load_split
-from splitc.compile.split_run import run_split
+import splitc
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes: int = 8) -> None:
+        super().__init__()
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.stage1, self.stage2, self.stage3 = stage(3, 16, 1), stage(16, 32, 2), stage(32, 64, 2)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def make_data(per_class: int, classes: int = 8, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """Stands in for your Dataset: each class a smooth colour pattern under noise, 32x32 RGB."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = F.interpolate(torch.randn(classes, 3, 4, 4, generator=g), size=32, mode="bilinear")
+
+    def part(n: int) -> TensorDataset:
+        y = torch.arange(classes).repeat(n)
+        return TensorDataset(patterns[y] + 0.6 * torch.randn(len(y), 3, 32, 32, generator=g), y)
+
+    return part(per_class), part(max(8, per_class // 4))
+
+
+def fit(model: nn.Module, loader: DataLoader, epochs: int, lr: float) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    return sum(int((model(x).argmax(1) == y).sum()) for x, y in loader) / len(loader.dataset)
+
+
+def cli(*args: str) -> str:
+    """One ``splitc`` command (the same as typing it in a shell); its output."""
+    done = subprocess.run([sys.executable, "-m", "splitc.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"splitc {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/api")
-    parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic:tiny")
+    parser.add_argument("--smoke", action="store_true", help="a few steps on a smaller data set")
     args = parser.parse_args()
-    data = "synthetic:tiny" if args.smoke else "synthetic:fast"
-    budget = {"max_steps": 2, "batch_size": 8} if args.smoke else {}
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    epochs, tune = (2, 1) if args.smoke else (8, 3)
+    torch.manual_seed(0)
+    train_set, val_set = make_data(per_class=24 if args.smoke else 300)
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, drop_last=True)
+    val = DataLoader(val_set, batch_size=256)
 
-    # 1. learn group assignments with the SplitNet regularizers
-    learned = learn(LearnConfig(model="resnet20", data=data, groups="2", split_from="layer3",
-                                epochs=2, warmup_epochs=1, out=str(out / "run"), **budget))
-    print(f"learned: val_acc={learned.val_acc:.3f} group sizes={learned.group_sizes}")
+    # 1. the dense network, trained as you would anyway
+    model = Net()
+    fit(model, loader, epochs, lr=0.1)
+    print(f"dense: val {accuracy(model, val):.3f}")
 
-    # 2. split into trunk, two branches and a merge; 3. finetune the split model
-    summary = run_split(out / "run", out / "split", accept_unlearned=args.smoke)  # smoke: 2 steps do not learn
-    print(f"split: params -{summary['params_reduced_pct']:.1f}%, FLOPs -{summary['flops_reduced_pct']:.1f}%, "
-          f"split vs masked rel err {summary['max_rel_err']:.1e}")
-    tuned = finetune(FinetuneConfig(split_dir=str(out / "split"), data=data, epochs=1, **budget))
-    print(f"finetuned: val_acc={tuned.val_acc:.3f}")
+    # 2. a one-shot split: the groups read off the trained features when val shows it learned
+    sp = splitc.SplitNet(model, example_inputs=torch.randn(1, 3, 32, 32), groups=2, split_from="stage3",
+                         steps=tune * len(loader), probe=DataLoader(train_set, batch_size=256), val=val)
+    split = sp.compile()
+    report = sp.report()
+    print(f"one-shot split: val {accuracy(split, val):.3f}, params -{report['params']['reduced_pct']:.1f}%, "
+          f"FLOPs -{report['flops']['reduced_pct']:.1f}%, split vs masked {sp.verify(split):.1e}")
 
-    # 4. export every subgraph to ONNX, 5. run the pipeline, 6. check it against PyTorch
-    manifest, _ = export_split(out / "split", out / "onnx", devices="cpu")
+    # 3. finetune the split in the same loop, save it, export it
+    fit(split, loader, tune, lr=0.01)
+    print(f"split, finetuned: val {accuracy(split, val):.3f}")
+    splitc.save(split, out / "split.splitc")
+    manifest = splitc.export(split, out / "onnx", devices="cpu")
     print("exported:", ", ".join(f"{s.name}@{s.device}" for s in manifest.subgraphs))
+
+    # 4. the command line: check the ONNX pipeline, run it
+    checked = json.loads(cli("verify", str(out / "onnx"), "--json"))
+    print(f"splitc verify: ok={checked['ok']}, max relative error {checked['max_rel_err']:.1e}")
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    with runtime.load(out / "onnx") as pipeline:
-        logits = pipeline(x)
+    np.save(out / "x.npy", x)
+    cli("run", str(out / "onnx"), "--input", str(out / "x.npy"), "--output", str(out / "logits.npy"))
     with torch.no_grad():
-        reference = load_split(out / "split").model(torch.from_numpy(x)).numpy()
-    print(f"ONNX vs PyTorch on one batch: max abs diff {np.abs(logits - reference).max():.2e}")
-    print("verify:", verify_artifact(out / "onnx"))
+        want = splitc.load(out / "split.splitc")(torch.from_numpy(x)).numpy()
+    print(f"splitc run vs the saved split on one batch: max abs diff {np.abs(np.load(out / 'logits.npy') - want).max():.1e}")
 
 
 if __name__ == "__main__":

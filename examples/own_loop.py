@@ -7,8 +7,8 @@ loads where this class does not exist.
 
     .venv/bin/python examples/own_loop.py [--out runs/own_loop] [--epochs 10] [--smoke]
 
-``--smoke``: one epoch and one finetune epoch on ``synthetic:tiny`` (the test suite runs it).
-The script writes OUT/split.pt2 (the split), OUT/onnx (ONNX per subgraph + manifest) and
+``--smoke``: one epoch and one finetune epoch on a smaller data set (the test suite runs it).
+The script writes OUT/split.splitc (the split), OUT/onnx (ONNX per subgraph + manifest) and
 OUT/x.pt, OUT/logits.pt (a batch and the split's logits, for a check in a fresh process).
 """
 
@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 import splitc
-from splitc.data.loaders import load_data   # any Dataset of (image, label) works; this one is built in
 
 
 class ChannelScale(nn.Module):
@@ -56,6 +55,18 @@ class SmallNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+def make_data(per_class: int, classes: int = 10, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """Stands in for your Dataset: each class a smooth colour pattern under noise, 32x32 RGB."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = F.interpolate(torch.randn(classes, 3, 4, 4, generator=g), size=32, mode="bilinear")
+
+    def split(n: int) -> TensorDataset:
+        y = torch.arange(classes).repeat(n)
+        return TensorDataset(patterns[y] + 0.8 * torch.randn(len(y), 3, 32, 32, generator=g), y)
+
+    return split(per_class), split(max(10, per_class // 4))
+
+
 def train(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, epochs: int, sp=None) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=epochs * len(loader))
     for _ in range(epochs):
@@ -81,18 +92,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/own_loop")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--smoke", action="store_true", help="1 + 1 epochs on synthetic:tiny")
+    parser.add_argument("--smoke", action="store_true", help="1 + 1 epochs on a smaller data set")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     epochs, tune = (1, 1) if args.smoke else (args.epochs, max(1, args.epochs // 3))
     torch.manual_seed(0)
-    data = load_data("synthetic:tiny" if args.smoke else "synthetic:fast")
-    loader = DataLoader(data.train, batch_size=32, shuffle=True, drop_last=True)
-    val = DataLoader(data.val, batch_size=256)
-    probe = DataLoader(data.train_probe, batch_size=256)   # the training images without augmentation
+    train_set, val_set = make_data(per_class=20 if args.smoke else 200)
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, drop_last=True)
+    val = DataLoader(val_set, batch_size=256)
+    probe = DataLoader(train_set, batch_size=256)   # the training images (without augmentation, were there any)
 
-    model = SmallNet(data.num_classes)
+    model = SmallNet(num_classes=10)
     splitc.register_module(ChannelScale, "channelwise")   # without it, ChannelScale is a named barrier
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     sp = splitc.SplitNet(model, example_inputs=torch.randn(1, 3, 32, 32), groups=2, split_from="layer3",
@@ -105,8 +116,8 @@ def main() -> None:
     train(split, loader, torch.optim.SGD(split.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), tune)
     print(f"split, finetuned: val {accuracy(split, val):.3f}")
 
-    splitc.save(split, out / "split.pt2")
-    loaded = splitc.load(out / "split.pt2")
+    splitc.save(split, out / "split.splitc")
+    loaded = splitc.load(out / "split.splitc")
     x = torch.randn(8, 3, 32, 32)
     split.eval()
     torch.save(x, out / "x.pt")

@@ -3,8 +3,8 @@
 Shows: the layout splitc reads for your own images, ``PATH/train/<class>/*``,
 ``PATH/val/<class>/*`` and ``PATH/hierarchy.json`` (``{"class": "superclass"}``), and a split of
 resnet18 from ``layer4`` learned on it; the superclass ARI of the learned groups is reported.
-Without ``--data``, it first writes a small ImageFolder of the built-in synthetic images
-(4 superclasses x 5 classes) so that the script runs anywhere.
+Without ``--data``, it first writes a small ImageFolder of toy images (4 superclasses x 2
+classes) so that the script runs anywhere.
 
     .venv/bin/python examples/resnet18_imagefolder.py [--data PATH] [--input-size 3,64,64]
         [--epochs 3] [--out runs/resnet18] [--smoke]
@@ -21,21 +21,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from splitc.data import synthetic
 
-
-def write_toy_imagefolder(root: Path, per_class: tuple[int, int] = (40, 10)) -> Path:
-    """PNG files of the synthetic classes in the ImageFolder layout, plus hierarchy.json."""
-    for split, (n, stream) in {"train": (per_class[0], 0), "val": (per_class[1], 1)}.items():
-        images, labels = synthetic.generate(n, seed=0, stream=stream)
-        for i, (image, label) in enumerate(zip(images, labels.tolist())):
-            folder = root / split / synthetic.CLASS_NAMES[label]
+def write_toy_imagefolder(root: Path, per_class: tuple[int, int] = (40, 10), classes: int = 8) -> Path:
+    """PNG files in the ImageFolder layout (each class a smooth colour pattern under noise, the
+    classes in pairs of superclasses, whose pattern they share in part), plus hierarchy.json."""
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(classes // 2, 3, 4, 4, generator=g)
+    own = torch.randn(classes, 3, 4, 4, generator=g)
+    patterns = F.interpolate(shared.repeat_interleave(2, 0) + 0.7 * own, size=64, mode="bilinear")
+    names = [f"class{c}" for c in range(classes)]
+    for split, n in {"train": per_class[0], "val": per_class[1]}.items():
+        for c, name in enumerate(names):
+            folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
-    hierarchy = {name: synthetic.SUPERCLASS_NAMES[synthetic.SUPERCLASS_OF[c]]
-                 for c, name in enumerate(synthetic.CLASS_NAMES)}
+            for i in range(n):
+                image = (patterns[c] + 0.5 * torch.randn(3, 64, 64, generator=g)).mul(50).add(128).clamp(0, 255)
+                Image.fromarray(image.byte().permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
+    hierarchy = {name: f"super{c // 2}" for c, name in enumerate(names)}
     (root / "hierarchy.json").write_text(json.dumps(hierarchy, indent=1))
     return root
 

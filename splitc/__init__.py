@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 EXPORTS = {
     "register_module": "splitc.graph.opkinds",
     "register_function": "splitc.graph.opkinds",
-    "save": "splitc.compile.artifact",      # a split model -> one file that loads without its class
+    "save": "splitc.compile.split_dir",     # a split model -> one .splitc file that loads without its class
     "load": "splitc.compile.split_dir",     # that file, or a split directory -> the SplitModel
     "SplitNet": "splitc.compile.splitnet",  # the recipe on any nn.Module, inside the user's loop
     "export": "splitc.deploy.api",          # a split (value, file or directory) -> ONNX + manifest

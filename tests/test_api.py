@@ -1,6 +1,8 @@
 """The library API (issue 27): ``splitc.SplitNet`` inside a plain loop is ``splitc learn``; a split of
 a class that exists only in a script's ``__main__`` saves, loads in a fresh process without it,
-exports and verifies; the README's API block runs as written."""
+exports and verifies; the README's API block runs as written. A split directory and its file load
+into values that export; a list of batches is a probe; a split finetuned after ``compile()``
+verifies against its own finetuned masked reference (issue 32)."""
 
 from __future__ import annotations
 
@@ -28,14 +30,14 @@ from splitc.passes.harden import harden
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-RECIPE = {"groups": "2", "split_from": "layer3", "warmup": "fixed", "warmup_epochs": 1.0, "lr_warmup_epochs": 0.0}
+RECIPE = {"groups": 2, "split_from": "layer3", "warmup": "fixed", "warmup_epochs": 1.0}
 
 
 def test_splitnet_in_a_plain_loop_is_splitc_learn(tmp_path: Path) -> None:
     """Same seed, data order, optimiser and schedule: the same groups and validation accuracy."""
     steps, batch, seed = 90, 32, 0
     cli = learn(LearnConfig(model="resnet20", data="synthetic:fast", max_steps=steps, batch_size=batch, seed=seed,
-                            out=str(tmp_path / "run"), **RECIPE), progress=False)
+                            out=str(tmp_path / "run"), lr_warmup_epochs=0.0, **RECIPE), progress=False)
     doc = json.loads((tmp_path / "run" / "assignment.json").read_text())
 
     torch.manual_seed(seed)
@@ -76,7 +78,7 @@ SCRIPT_CHECK = """
 import sys, torch, splitc
 out = sys.argv[1]
 assert "SmallNet" not in dir(sys.modules["__main__"])
-split = splitc.load(out + "/split.pt2")
+split = splitc.load(out + "/split.splitc")
 x, want = torch.load(out + "/x.pt"), torch.load(out + "/logits.pt")
 got = split(x).detach()
 assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), float((got - want).abs().max())
@@ -114,7 +116,7 @@ def test_readme_api_block_runs_as_written(tmp_path: Path, monkeypatch) -> None:
         for table, before in zip((opkinds.USER_MODULE_KINDS, opkinds.USER_FUNCTION_KINDS), registered):
             table.clear()
             table.update(before)
-    assert (tmp_path / "split.pt2").is_file() and (tmp_path / "onnx" / "manifest.json").is_file()
+    assert (tmp_path / "split.splitc").is_file() and (tmp_path / "onnx" / "manifest.json").is_file()
 
 
 def test_bad_input_is_one_line() -> None:
@@ -123,3 +125,66 @@ def test_bad_input_is_one_line() -> None:
         splitc.SplitNet(model, example_inputs=None, steps=10, groups=2, split_from="layer3")
     with pytest.raises(SplitcError, match="pass probe="):
         splitc.SplitNet(model, example_inputs=torch.zeros(1, 3, 32, 32), steps=10, groups=2, split_from="layer3")
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer3 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                    nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.layer3(self.stem(x)), 1).flatten(1))
+
+
+def test_a_split_directory_and_its_file_load_into_values_that_export(tmp_path: Path) -> None:
+    from splitc.compile.split_run import random_split
+    from splitc.graph.scope import ScopeSpec
+
+    random_split("tiny_residual", ScopeSpec((2,), split_from=("res2",)), tmp_path / "split", num_classes=4)
+    for source, out in ((tmp_path / "split", "from_dir"), (tmp_path / "split" / "split.splitc", "from_file")):
+        manifest = splitc.export(splitc.load(source), tmp_path / out, devices="cpu", lower=False)
+        assert (tmp_path / out / "manifest.json").is_file() and len(manifest.subgraphs) == 4
+
+
+def test_a_list_of_batches_probe_and_a_split_finetuned_after_compile(tmp_path: Path) -> None:
+    from splitc.compile.verify import verify_split, verify_value
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(4, 3, 16, 16, generator=g)
+    batches = []
+    for _ in range(6):   # a list of (x, y) batches, what many loops iterate
+        y = torch.randint(0, 4, (16,), generator=g)
+        batches.append((protos[y] + 0.5 * torch.randn(16, 3, 16, 16, generator=g), y))
+    model = Tiny()
+    sp = splitc.SplitNet(model, example_inputs=torch.zeros(1, 3, 16, 16), steps=12, groups=2, split_from="layer3",
+                         probe=batches, val=batches, steps_per_epoch=6, warmup="fixed", warmup_epochs=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for x, y in batches + batches:
+        loss = F.cross_entropy(model(x), y) + sp.regularizer()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sp.step()
+    split = sp.compile()
+    assert sp.run.committed and sp.verify(split) <= 1e-5
+    tune = torch.optim.SGD(split.parameters(), lr=0.05, momentum=0.9)
+    split.train()
+    for x, y in batches[:3]:   # the user's own finetune of the split
+        loss = F.cross_entropy(split(x), y)
+        tune.zero_grad()
+        loss.backward()
+        tune.step()
+    assert sp.verify(split) <= 1e-5                       # against the masked model carrying the new weights
+    with pytest.raises(SplitcError, match="finetuned since compile"):
+        verify_value(split)                               # no model at hand to rebuild that reference
+    splitc.save(split, tmp_path / "tuned.splitc")
+    loaded = splitc.load(tmp_path / "tuned.splitc")
+    assert sp.verify(loaded) <= 1e-5 and not any(w.startswith("the split differs") for w in sp.warnings)
+    splitc.export(loaded, tmp_path / "onnx", devices="cpu", lower=False)
+    checked = verify_split(tmp_path / "onnx.split")       # the directory holds the finetuned weights
+    assert checked["ok"] and "finetuned weights" in checked["checked"], checked

@@ -31,9 +31,9 @@ from torch import nn
 import splitc
 from splitc.cli.main import main
 from splitc.compile import split_dir as split_dir_module
-from splitc.compile.artifact import PROGRAMS, read_artifact, save
-from splitc.compile.split import compile_split
-from splitc.compile.split_dir import load_split
+from splitc.compile.artifact import PROGRAMS, read_artifact
+from splitc.compile.build import build_split
+from splitc.compile.split_dir import load_split, save
 from splitc.compile.split_run import random_split
 from splitc.core.errors import SplitcError
 from splitc.core.files import FINETUNED_WEIGHTS, SPLIT_ARTIFACT, SPLIT_JSON
@@ -54,7 +54,7 @@ MAKE = textwrap.dedent('''
     from torch import nn
 
     import splitc
-    from splitc.compile.split import compile_split
+    from splitc.compile.build import build_split
     from splitc.compile.split_run import write_split
     from splitc.graph.analysis import analyse
     from splitc.graph.group_tree import balanced_assignment
@@ -104,12 +104,12 @@ MAKE = textwrap.dedent('''
             model.train()(torch.randn(16, 3, 32, 32) * 2 + 0.5)
         analysis = analyse("__main__:Net", ScopeSpec((2,), split_from=("block2",)), 20, (3, 32, 32), model=model.eval())
         hard = balanced_assignment(analysis.ir, analysis.scope, np.random.default_rng(0))
-        compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard)
-        splitc.save(compiled, out / "net.splitc", input_size=(3, 32, 32))
+        split = build_split(analysis, hard)
+        splitc.save(split, out / "net.splitc")
         write_split(analysis, hard, out / "split")
         x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            torch.save({"x": x, "y": compiled.model(x), "masked": compiled.masked(x)}, out / "made.pt")
+            torch.save({"x": x, "y": split(x), "masked": split.references["unsplit"](x)}, out / "made.pt")
 ''')
 
 LOAD = textwrap.dedent('''
@@ -128,7 +128,7 @@ LOAD = textwrap.dedent('''
     artifact = read_artifact(out / "net.splitc")
     with torch.no_grad():
         torch.save({"y": splitc.load(out / "net.splitc")(made["x"]), "dir": splitc.load(out / "split")(made["x"]),
-                    "masked": artifact.references["masked"](made["x"])}, out / "loaded.pt")
+                    "masked": artifact.references["unsplit"](made["x"])}, out / "loaded.pt")
 ''')
 
 
@@ -294,12 +294,12 @@ def test_reloaded_model_trains_like_the_split(tmp_path: Path) -> None:
     torch.manual_seed(0)
     analysis = analyse("DropNet", ScopeSpec((2,), split_from=("conv2",)), 4, (3, 16, 16), model=DropNet().eval())
     hard = balanced_assignment(analysis.ir, analysis.scope, np.random.default_rng(0))
-    compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard)
-    artifact = read_artifact(save(compiled, tmp_path / "drop.splitc", input_size=(3, 16, 16)))
+    compiled = build_split(analysis, hard)
+    artifact = read_artifact(save(compiled, tmp_path / "drop.splitc"))
     assert not artifact.eval_only
     kinds = {type(m).__name__ for m in artifact.model.modules()}
     assert {"BatchNorm2d", "BatchNorm1d", "Dropout"} <= kinds
-    original, reloaded = copy.deepcopy(compiled.model).train(), copy.deepcopy(artifact.model).train()
+    original, reloaded = copy.deepcopy(compiled).train(), copy.deepcopy(artifact.model).train()
     for step in range(2):
         x = torch.randn(8, 3, 16, 16)
         outputs = []

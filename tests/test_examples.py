@@ -30,3 +30,16 @@ def test_every_example_has_a_smoke_test() -> None:
     for name in names:
         assert "--smoke" in (EXAMPLES / name).read_text(), name
 
+
+
+def test_examples_use_only_import_splitc_and_the_cli() -> None:
+    """An example is what a user copies: the public ``splitc`` names and the ``splitc`` command,
+    never a module inside the package."""
+    import ast
+
+    for path in EXAMPLES.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("splitc"), f"{path.name}: from {node.module} import ..."
+            elif isinstance(node, ast.Import):
+                assert all(a.name == "splitc" or not a.name.startswith("splitc") for a in node.names), path.name

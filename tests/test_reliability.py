@@ -238,7 +238,7 @@ def test_a_nan_never_verifies() -> None:
     import torch
 
     from splitc.core.numerics import relative_error
-    from splitc.compile.split_run import max_rel_err
+    from splitc.compile.build import max_rel_err
 
     assert relative_error(torch.tensor([float("nan"), 1.0]), torch.ones(2)) == math.inf
     assert relative_error(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0

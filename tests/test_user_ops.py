@@ -185,24 +185,24 @@ def test_channelwise_tensor_that_cannot_follow_a_channel_declines() -> None:
 
 def test_duplicate_registration_names_both() -> None:
     with registered(MyNorm, "channelwise"):
-        with pytest.raises(ValueError, match="MyNorm is already registered as 'channelwise'.*again as 'pool'"):
+        with pytest.raises(SplitcError, match="MyNorm is already registered as 'channelwise'.*again as 'pool'"):
             splitc.register_module(MyNorm, "pool")
         assert USER_MODULE_KINDS[MyNorm] is Kind.CHANNELWISE
     with registered(soft, Kind.ELEMENTWISE):
-        with pytest.raises(ValueError, match="soft is already registered as 'elementwise'"):
+        with pytest.raises(SplitcError, match="soft is already registered as 'elementwise'"):
             splitc.register_function(soft, "channelwise")
-    with pytest.raises(ValueError, match=r"ReLU is already registered as 'elementwise' \(built in\)"):
+    with pytest.raises(SplitcError, match=r"ReLU is already registered as 'elementwise' \(built in\)"):
         splitc.register_module(nn.ReLU, "channelwise")
 
 
 def test_unknown_kind_is_one_line_listing_the_kinds() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(SplitcError) as info:
         splitc.register_module(MyNorm, "norm")
     message = str(info.value)
     assert "\n" not in message and "'norm'" in message
     assert all(repr(kind.value) in message for kind in Kind)
     assert MyNorm not in USER_MODULE_KINDS
-    with pytest.raises(ValueError, match="was not registered"):
+    with pytest.raises(SplitcError, match="was not registered"):
         unregister(MyNorm)
 
 

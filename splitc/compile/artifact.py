@@ -1,4 +1,5 @@
-"""A split model as one self-contained file: every subgraph as a ``torch.export`` program.
+"""The ``.splitc`` file format: a split model as one self-contained file, every subgraph as a
+``torch.export`` program (``compile/split_dir.py`` owns saving and loading it).
 
 The file is a zip (stored, not compressed)::
 
@@ -43,7 +44,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._sympy import functions as sympy_functions
 
-from splitc.compile.split import CompiledSplit, subgraph_inputs
+from splitc.compile.split import subgraph_inputs
 from splitc.core.errors import SplitcError
 from splitc.core.outputs import atomic_write
 from splitc.graph.split_model import SplitModel, SplitPlan
@@ -79,27 +80,11 @@ class SplitArtifact:
     eval_only: tuple[str, ...] = ()   # ops that stay in eval mode when the model trains
 
 
-def save(split: SplitModel | CompiledSplit | Any, path: str | os.PathLike,
-         input_size: tuple[int, ...] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """``splitc.save``: write ``split`` to one file that loads without the model's class. A
-    SplitModel, or anything holding one as ``.model`` with its masked reference as ``.masked``
-    (a CompiledSplit, a LoadedSplit, which also knows its input size); ``input_size`` is (C, H, W)."""
-    model = split if isinstance(split, SplitModel) else getattr(split, "model", None)
-    if not isinstance(model, SplitModel):
-        raise SplitcError(f"splitc.save takes a split model (compile_split's result or its .model), "
-                          f"not {type(split).__name__}.")
-    references = {"masked": split.masked} if isinstance(getattr(split, "masked", None), nn.Module) else {}
-    references = {**model.references, **references}
-    size = input_size or getattr(split, "input_size", None) or model.input_size or (meta or {}).get("input_size")
-    if not size:
-        raise SplitcError("splitc.save needs the model's input size: pass input_size=(C, H, W).")
-    return save_artifact(model, path, {**model.meta, **(meta or {}), "input_size": list(size)}, references)
-
-
-def save_artifact(model: SplitModel, path: str | os.PathLike, meta: dict[str, Any] | None = None,
-                  references: dict[str, nn.Module] | None = None) -> Path:
-    """Export every subgraph (and every reference, a whole-model module) at ``meta["input_size"]``
-    and write the artifact atomically; ``meta`` (JSON) is stored as is."""
+def write_artifact(path: str | os.PathLike, model: SplitModel, meta: dict[str, Any],
+                   references: dict[str, nn.Module] | None = None) -> Path:
+    """The one writer of the format: export every subgraph (and every reference, a whole-model
+    module) at ``meta["input_size"]`` and write the file atomically; ``meta`` (JSON) is stored
+    as is (``splitc.compile.split_dir.save`` is its caller)."""
     meta = dict(meta or {})
     size = tuple(meta["input_size"])
     was_training = model.training
@@ -144,15 +129,6 @@ def export_module(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[by
     torch.export.save(program, buffer)
     momenta = {name: m.momentum for name, m in module.named_modules() if isinstance(m, _BatchNorm)}
     return buffer.getvalue(), momenta
-
-
-def load(path: str | os.PathLike) -> SplitModel:
-    """``splitc.load`` for an artifact file: the split model, in eval mode."""
-    return load_artifact(path)
-
-
-def load_artifact(path: str | os.PathLike) -> SplitModel:
-    return read_artifact(path).model
 
 
 def read_artifact(path: str | os.PathLike, references: bool = True) -> SplitArtifact:

@@ -23,7 +23,9 @@ from torch import nn
 from splitc.compile.split import permuted_assignment
 from splitc.compile.split_dir import LoadedSplit, ModelUnavailable
 from splitc.core.numerics import relative_error
+from splitc.graph.analysis import Analysis
 from splitc.graph.group_tree import HardAssignment
+from splitc.graph.split_model import SplitModel
 from splitc.passes.assemble import assemble
 from splitc.passes.mask import mask_inter_group
 from splitc.passes.partition import partition
@@ -62,6 +64,13 @@ def dense_split(loaded: LoadedSplit) -> tuple[DenseSplit | None, str]:
         a, hard = loaded.analysis, loaded.assignment
     except ModelUnavailable as exc:
         return None, f"no dense view: {exc}"
+    return dense_view(a, hard, loaded.model, loaded.input_size)
+
+
+def dense_view(a: Analysis, hard: HardAssignment, model: SplitModel, input_size: tuple[int, ...]
+               ) -> tuple[DenseSplit | None, str]:
+    """The dense view of ``model``, a split of ``a``'s model by ``hard`` (in ``a``'s channel
+    order) with any weights, or None and the reason it has none."""
     if hard.overlap:
         return None, "an overlap split duplicates channels, which one dense graph cannot hold"
     perm = permutation_from_ranks(a.ir, group_contiguous_ranks(hard))
@@ -78,8 +87,8 @@ def dense_split(loaded: LoadedSplit) -> tuple[DenseSplit | None, str]:
     traced = assemble(partition(marked, a.ir, a.scope, local, order))
     new = {n: t.clone() for n, t in state.items()}
     written: dict[str, torch.Tensor] = {}
-    for spec in loaded.model.plan.subgraphs:
-        ids_of, values_of = traced.subgraph(spec.name).state_dict(), loaded.model.subgraph(spec.name).state_dict()
+    for spec in model.plan.subgraphs:
+        ids_of, values_of = traced.subgraph(spec.name).state_dict(), model.subgraph(spec.name).state_dict()
         for name, ids in ids_of.items():
             if name not in new or not ids.is_floating_point():
                 continue
@@ -94,7 +103,7 @@ def dense_split(loaded: LoadedSplit) -> tuple[DenseSplit | None, str]:
             seen[index[held]] = True
     dense.load_state_dict(new)
     result = DenseSplit(dense.eval(), local, torch.as_tensor(np.argsort(order), dtype=torch.long))
-    err = max_error(result.module(), loaded.model, loaded.input_size)
+    err = max_error(result.module(), model, input_size)
     if not err <= CHECK_TOLERANCE:
         return None, f"the dense view differs from the split model (relative error {err:.2e})"
     return result, ""

@@ -1,9 +1,16 @@
-"""The split directory: what ``splitc split`` writes and every later stage reads.
+"""Saving and loading a split: one file format, one writer, and the split directory around it.
 
-    split.json            schema, splitc version, model identity, scope, hard assignment,
-                          the plan (wiring), class names, the structural report
-    split.splitc          the compiled split as exported programs (``compile/artifact.py``):
-                          every subgraph, the unsplit model and, with overlap, the masked reference
+A split value (:class:`~splitc.graph.split_model.SplitModel` with its ``meta``, ``input_size``
+and ``references``; ``SplitNet.compile`` and ``splitc split`` make it with
+:func:`splitc.compile.build.build_split`) is written as one ``.splitc`` file by :func:`save`
+(``splitc.save``): every subgraph and reference as an exported program, with the meta
+(``compile/artifact.py``'s format). It loads without the model's class. A split directory
+(``splitc split``, and ``splitc.export`` of a value) holds that same file beside what the later
+stages read:
+
+    split.json            schema, splitc version, and the value's meta: model identity, scope,
+                          hard assignment, plan (wiring), class names, the structural report
+    split.splitc          the split as :func:`save` writes it
     unsplit.safetensors   the unsplit model the split was compiled from (inter-group weights
                           zeroed for a plain split: then it is also the masked reference)
     split.safetensors     the split model's weights as split (exactly the masked model's)
@@ -16,7 +23,7 @@ they stay the one place finetune writes. The analysis (the model rebuilt by name
 is made only when a stage asks for it (``LoadedSplit.analysis``: the one-device lowering,
 verify's fresh masked reference) and raises :class:`ModelUnavailable` where the model cannot
 be built. A directory of the earlier format (no ``split.splitc``) is rebuilt once by name,
-recompiled, checked against its plan, and the artifact is written into it. Files are written
+recompiled, checked against its plan, and the file is written into it. Files are written
 atomically; split.json goes last.
 """
 
@@ -30,13 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.fx as fx
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from splitc import __version__
-from splitc.compile.artifact import load_artifact, read_artifact, read_reference, save_artifact
+from splitc.compile.artifact import read_artifact, read_reference, write_artifact
 from splitc.compile.split import compile_split, overlap_reference
 from splitc.core.documents import read_document
 from splitc.core.errors import SplitcError
@@ -49,7 +55,9 @@ from splitc.graph.split_model import SplitModel
 from splitc.passes.mask import mask_inter_group
 
 SCHEMA_VERSION = 1
-ARTIFACT_META = ("model", "num_classes", "input_size", "scope", "class_names")  # split.json keys it carries
+SUFFIX = ".splitc"   # the one file suffix of a saved split (a split directory's split.splitc too)
+SPLIT_META = ("model", "num_classes", "input_size", "scope", "groups_of_space", "class_names", "report")
+DIR_KEYS = ("schema", "splitc_version", "weights", "teacher")   # split.json's keys about the directory itself
 
 
 class ModelUnavailable(SplitcError):
@@ -108,28 +116,38 @@ def spec_from_dict(data: dict[str, Any]) -> ScopeSpec:
                      tuple(data.get("split_depth", ())), data.get("preset"))
 
 
-def save_split(out: str | os.PathLike, meta: dict[str, Any], model: SplitModel, unsplit: fx.GraphModule,
-               masked: nn.Module | None = None) -> Path:
-    """Write a split directory; split.json goes last, so a half-written folder never loads.
-    ``masked`` is the reference when it is not ``unsplit`` itself (an overlap split)."""
+def save(split: SplitModel, path: str | os.PathLike) -> Path:
+    """``splitc.save``: write ``split`` (from ``SplitNet.compile`` or ``splitc.load``) to one
+    ``.splitc`` file that loads without the model's class, with its current weights."""
+    if not isinstance(split, SplitModel):
+        raise SplitcError(f"splitc.save takes a split (SplitNet.compile's or splitc.load's result), not "
+                          f"{type(split).__name__}.")
+    if not isinstance(path, (str, os.PathLike)) or Path(path).suffix != SUFFIX:
+        raise SplitcError(f"splitc.save writes a {SUFFIX} file: give a path ending in {SUFFIX}, got {path!r}.")
+    missing = [k for k in SPLIT_META if k not in split.meta] + [k for k, v in (
+        ("input_size", split.input_size), ("its unsplit reference", split.references.get("unsplit"))) if v is None]
+    if missing:
+        raise SplitcError(f"this split does not carry what a saved split needs ({', '.join(missing)}); save a "
+                          "split from SplitNet.compile or splitc.load.")
+    if Path(path).is_dir():
+        raise SplitcError(f"{path} is a directory; splitc.save writes one {SUFFIX} file.")
+    meta = {**split.meta, "input_size": list(split.input_size), "plan": split.plan.to_dict()}
+    return write_artifact(path, split, meta, split.references)
+
+
+def save_split(out: str | os.PathLike, split: SplitModel) -> Path:
+    """Write the split directory of the value ``split`` (:func:`save`'s file, the weights and
+    split.json); split.json goes last, so a half-written folder never loads."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    write_tensors(folder / UNSPLIT_WEIGHTS, unsplit.state_dict())
-    write_tensors(folder / SPLIT_WEIGHTS, model.state_dict())
+    meta = {k: v for k, v in split.meta.items() if k not in DIR_KEYS}
+    write_tensors(folder / UNSPLIT_WEIGHTS, split.references["unsplit"].state_dict())
+    write_tensors(folder / SPLIT_WEIGHTS, split.state_dict())
     (folder / FINETUNED_WEIGHTS).unlink(missing_ok=True)
-    document = {"schema": SCHEMA_VERSION, "splitc_version": __version__, "weights": SPLIT_WEIGHTS, **meta}
-    write_artifact(folder, document, model, unsplit, masked)
-    write_json(folder / SPLIT_JSON, document)
+    save(split, folder / SPLIT_ARTIFACT)
+    write_json(folder / SPLIT_JSON, {"schema": SCHEMA_VERSION, "splitc_version": __version__, **meta,
+                                     "plan": split.plan.to_dict(), "weights": SPLIT_WEIGHTS})
     return folder
-
-
-def write_artifact(folder: Path, meta: dict[str, Any], model: SplitModel, unsplit: nn.Module,
-                   masked: nn.Module | None) -> None:
-    """``split.splitc``: the split as exported programs, with its unsplit model and references."""
-    references = {"unsplit": unsplit}
-    if masked is not None and masked is not unsplit:
-        references["masked"] = masked
-    save_artifact(model, folder / SPLIT_ARTIFACT, {k: meta[k] for k in ARTIFACT_META if k in meta}, references)
 
 
 def write_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -150,10 +168,20 @@ def read_meta(split_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike) -> SplitModel:
-    """``splitc.load``: the split model of an artifact file (``splitc.save``) or of a split
+    """``splitc.load``: the split value of a ``.splitc`` file (``splitc.save``) or of a split
     directory (with its current weights), in eval mode; the model's class is not needed."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise SplitcError(f"splitc.load takes the path of a {SUFFIX} file or a split directory, not "
+                          f"{type(path).__name__}.")
     path = Path(path)
-    return load_split(path).model if path.is_dir() else load_artifact(path)
+    if not path.is_dir():
+        return read_artifact(path).model
+    loaded = load_split(path)
+    split = loaded.model
+    split.meta = {k: v for k, v in loaded.meta.items() if k not in DIR_KEYS}
+    split.input_size = loaded.input_size
+    split.references = {"unsplit": loaded.unsplit, **({"masked": loaded.masked} if loaded.masked is not loaded.unsplit else {})}
+    return split
 
 
 def load_split(split_dir: str | os.PathLike, weights: str | None = None) -> LoadedSplit:
@@ -199,9 +227,13 @@ def upgrade(folder: Path, meta: dict[str, Any]) -> Analysis:
     if compiled.model.plan.to_dict() != meta["plan"]:
         raise SplitcError(f"{folder}: the split this splitc compiles from {SPLIT_JSON} differs from "
                           "the stored one; run `splitc split` again.")
-    _load_into(compiled.model, folder / SPLIT_WEIGHTS, "the split model")
+    split = compiled.model
+    _load_into(split, folder / SPLIT_WEIGHTS, "the split model")
+    split.meta = {k: v for k, v in meta.items() if k not in DIR_KEYS}
+    split.input_size = tuple(meta["input_size"])
+    split.references = {"unsplit": analysis.gm, **({"masked": compiled.masked} if hard.overlap else {})}
     try:
-        write_artifact(folder, meta, compiled.model, analysis.gm, compiled.masked if hard.overlap else None)
+        save(split, folder / SPLIT_ARTIFACT)
     except OSError as exc:
         raise SplitcError(f"{folder} has no {SPLIT_ARTIFACT} (an earlier splitc wrote it) and it cannot be "
                           f"written there ({exc.strerror or exc}); copy the folder somewhere writable.") from None
@@ -223,7 +255,8 @@ def rebuild_analysis(meta: dict[str, Any], folder: Path) -> Analysis:
     return analysis
 
 
-def assignment_from_meta(analysis: Analysis, meta: dict[str, Any], folder: Path) -> HardAssignment:
+def assignment_from_meta(analysis: Analysis, meta: dict[str, Any], folder: object) -> HardAssignment:
+    """The split's hard assignment from its meta (``folder`` names it in the error)."""
     stored = {int(k): np.asarray(v, dtype=np.int64) for k, v in meta["groups_of_space"].items()}
     scope, ir = analysis.scope, analysis.ir
     if set(stored) != set(scope.level_of) or any(

@@ -1,9 +1,9 @@
-"""``splitc split`` and ``splitc verify``: from a learn run to a checked split directory.
+"""``splitc split``: from a learn run to a checked split directory.
 
 split: load the run's checkpoint, harden its assignments (argmax), compile the split
 (mask -> permute -> partition -> assemble), measure it against the masked model on fresh
-random inputs, count its real params and FLOPs, and write the split directory.
-verify: rebuild the split from the directory and compare it with the masked model again.
+random inputs, count its real params and FLOPs (:mod:`splitc.compile.build`), and write the
+split directory (:mod:`splitc.compile.split_dir`). verify: :mod:`splitc.compile.verify`.
 """
 
 from __future__ import annotations
@@ -17,26 +17,19 @@ import numpy as np
 import torch
 
 from splitc import __version__
-from splitc.graph.analysis import Analysis, analyse, analysis_warnings
-from splitc.learn.assign import AssignmentSet
+from splitc.compile.build import build_split
+from splitc.compile.split_dir import SPLIT_JSON, save_split, write_json
 from splitc.core.checkpoint import load_checkpoint
-from splitc.graph.group_tree import HardAssignment, balanced_assignment
-from splitc.graph.counting import Cost, count
 from splitc.core.errors import SplitcError
-from splitc.learn.health import LEARNED_FLAG
-from splitc.core.numerics import relative_error
+from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, TEACHER
 from splitc.core.outputs import atomic_write, claim, replacing
-from splitc.core.files import TEACHER
-from splitc.passes.harden import harden
-from splitc.graph.scope import ScopeSpec, make_spec
 from splitc.core.pipeline import PassRunner
-from splitc.compile.split import compile_split, subgraph_costs, total_cost
-from splitc.compile.split_dir import SPLIT_JSON, SPLIT_WEIGHTS, load_split, save_split, spec_to_dict, write_json
-from splitc.graph.split_model import SplitModel
-from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT
-
-VERIFY_TOLERANCE = 1e-5
-VERIFY_BATCHES = 3
+from splitc.graph.analysis import Analysis, analyse, analysis_warnings
+from splitc.graph.group_tree import HardAssignment, balanced_assignment
+from splitc.graph.scope import ScopeSpec, make_spec
+from splitc.learn.assign import AssignmentSet
+from splitc.learn.health import LEARNED_FLAG
+from splitc.passes.harden import harden
 
 
 def load_run(run_dir: str | os.PathLike, runner: PassRunner | None = None
@@ -73,19 +66,6 @@ def load_run(run_dir: str | os.PathLike, runner: PassRunner | None = None
         raise SplitcError(f"{folder}: the checkpoint's assignments do not fit the scope "
                           f"{identity['scope']}; learn again with this version.") from None
     return ckpt, analysis, aset
-
-
-def max_rel_err(model: SplitModel, reference: torch.nn.Module, input_size, batches: int = VERIFY_BATCHES,
-                batch_size: int = 4) -> float:
-    """Largest relative error of ``model`` against ``reference`` over fresh random batches."""
-    worst = 0.0
-    model.eval(), reference.eval()
-    with torch.no_grad():
-        for _ in range(batches):
-            x = torch.randn(batch_size, *input_size)
-            want = reference(x)
-            worst = max(worst, relative_error(model(x), want))
-    return worst
 
 
 def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float | None = None,
@@ -141,28 +121,13 @@ def check_learned(run_dir: Path, accept_unlearned: bool) -> None:
 def write_split(analysis: Analysis, hard: HardAssignment, out: str | os.PathLike,
                 class_names: list[str] | None = None, origin: dict[str, Any] | None = None,
                 force: bool = False) -> dict[str, Any]:
-    """Compile ``hard`` on the analysed model, check it, count it and write the split dir
-    (refusing an ``out`` that holds anything, unless ``force``)."""
+    """Compile, check and count ``hard`` on the analysed model (:func:`build_split`) and write
+    the split dir (refusing an ``out`` that holds anything, unless ``force``)."""
     claim(out, force)
-    runner = analysis.runner
-    compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard, runner=runner)
-    err = runner.run("check", max_rel_err, compiled.model, compiled.masked, analysis.input_size)
-    summary = structural_report(analysis, hard, compiled.model, err)
-    meta = split_meta(analysis, hard, compiled.model, summary, class_names, origin)
-    with replacing(out, force), runner.step("save"):
-        save_split(out, meta, compiled.model, analysis.gm if hard.overlap else compiled.masked, compiled.masked)
-    return {"split_dir": str(out), **summary}
-
-
-def split_meta(analysis: Analysis, hard: HardAssignment, model: SplitModel, summary: dict[str, Any],
-               class_names: list[str] | None = None, origin: dict[str, Any] | None = None) -> dict[str, Any]:
-    """split.json's fields for a compiled split (also what ``splitc.SplitNet.compile`` attaches)."""
-    return {"model": analysis.model_name, "num_classes": analysis.num_classes,
-            "input_size": list(analysis.input_size), "scope": spec_to_dict(analysis.scope.spec),
-            "groups_of_space": {str(s): g.tolist() for s, g in hard.groups_of_space.items()},
-            "overlap": {str(s): [[n, list(gs)] for n, gs in nodes.items()] for s, nodes in hard.overlap.items()},
-            "class_names": class_names or [str(i) for i in range(analysis.num_classes)],
-            "plan": model.plan.to_dict(), **(origin or {}), "report": summary}
+    split = build_split(analysis, hard, class_names, origin)
+    with replacing(out, force), analysis.runner.step("save"):
+        save_split(out, split)
+    return {"split_dir": str(out), **split.meta["report"]}
 
 
 def random_split(model: str, spec: ScopeSpec, out: str | os.PathLike, num_classes: int | None = None,
@@ -176,39 +141,6 @@ def random_split(model: str, spec: ScopeSpec, out: str | os.PathLike, num_classe
     return write_split(analysis, hard, out, origin={"assign": "random", "data": None}, force=force)
 
 
-def structural_report(analysis: Analysis, hard: HardAssignment, model: SplitModel, err: float) -> dict[str, Any]:
-    """Actual params/FLOPs (from the split model's tensors) beside the baseline and the
-    balanced estimate, with the group sizes of every space."""
-    ir, scope = analysis.ir, analysis.scope
-    per_subgraph = subgraph_costs(model, analysis.input_size)
-    actual = total_cost(per_subgraph)
-    baseline = count(ir).baseline
-    balanced = count(ir, scope).split
-    sizes = hard.group_sizes(ir, scope)
-    return {
-        "params": actual.params, "flops": actual.flops,
-        "params_reduced_pct": _pct(actual.params, baseline.params),
-        "flops_reduced_pct": _pct(actual.flops, baseline.flops),
-        "baseline": _cost(baseline), "balanced_estimate": {**_cost(balanced),
-            "params_reduced_pct": _pct(balanced.params, baseline.params),
-            "flops_reduced_pct": _pct(balanced.flops, baseline.flops)},
-        "subgraphs": {name: _cost(c) for name, c in per_subgraph.items()},
-        "groups": list(scope.groups),
-        "group_sizes": {f"{s} {ir.spaces[s].name}": v for s, v in sorted(sizes.items())},
-        "class_groups": list(model.plan.class_groups),
-        "max_rel_err": err,
-    }
-
-
-def verify_split(split_dir: str | os.PathLike) -> dict[str, Any]:
-    """Re-check the split as compiled (``split.safetensors``) against the masked model."""
-    loaded = load_split(split_dir, weights=SPLIT_WEIGHTS)
-    reference, source = loaded.masked_reference()   # rebuilt where the model can be built
-    err = max_rel_err(loaded.model, reference, loaded.input_size)
-    return {"split_dir": str(split_dir), "max_rel_err": err, "tolerance": VERIFY_TOLERANCE,
-            "ok": err <= VERIFY_TOLERANCE, "checked": f"split model vs masked model (PyTorch; {source})"}
-
-
 def _class_names(run_dir: Path, num_classes: int) -> list[str]:
     path = run_dir / ASSIGNMENT_JSON
     try:
@@ -217,13 +149,3 @@ def _class_names(run_dir: Path, num_classes: int) -> list[str]:
         mapping = {}
     names = list(mapping)
     return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
-
-
-def _cost(c: Cost) -> dict[str, int]:
-    return {"params": c.params, "flops": c.flops}
-
-
-def _pct(value: int, base: int) -> float:
-    return round(100.0 * (1 - value / base), 4) if base else 0.0
-
-

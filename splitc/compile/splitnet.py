@@ -23,18 +23,20 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from splitc.compile.split import compile_split
-from splitc.compile.split_run import VERIFY_TOLERANCE, max_rel_err, split_meta, structural_report
+from splitc.compile.build import VERIFY_TOLERANCE, build_split
+from splitc.compile.verify import verify_value
 from splitc.core.errors import SplitcError
+from splitc.core.naming import ARG
 from splitc.data.batches import accuracy
 from splitc.data.bundle import DataBundle
+from splitc.data.given import given_dataset
 from splitc.graph.analysis import analyse, analysis_warnings
 from splitc.graph.counting import count
 from splitc.graph.scope import make_spec
 from splitc.graph.split_model import SplitModel
 from splitc.learn import schedule
 from splitc.learn.assign import AssignmentSet
-from splitc.learn.config import CUT_INITS, LearnConfig, check_config, default_init_groups, resolve_start
+from splitc.learn.config import CUT_INITS, RECIPE_OPTIONS, LearnConfig, check_config, default_init_groups, resolve_start
 from splitc.learn.cut_groups import check_flat
 from splitc.learn.grouping import cut_shares, hardened, warn
 from splitc.learn.health import chance_warning, near_chance
@@ -59,18 +61,19 @@ class SplitNet(SplitSession):
                  probe: DataLoader | Dataset | None = None, val: DataLoader | Dataset | None = None,
                  steps_per_epoch: int | None = None, trained: bool | None = None,
                  class_names: list[str] | None = None, seed: int = 0, **options: Any) -> None:
-        if not isinstance(model, nn.Module) or not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2:
-            raise SplitcError("SplitNet takes an nn.Module and example_inputs, a tensor batch such as "
-                              "torch.randn(1, 3, 32, 32).")
+        check_arguments(model, example_inputs, steps=steps, groups=groups, split_from=split_from,
+                        split_depth=split_depth, preset=preset, steps_per_epoch=steps_per_epoch, trained=trained,
+                        class_names=class_names, seed=seed, options=options)
         size = tuple(int(d) for d in example_inputs.shape[1:])
         device = next(model.parameters()).device
         classes = _num_classes(model, example_inputs)
-        probe_set, val_set = _dataset(probe), _dataset(val)
+        if class_names is not None and len(class_names) != classes:
+            raise SplitcError(f"class_names= has {len(class_names)} names; the model has {classes} classes.")
+        probe_set, val_set = given_dataset(probe, "probe", size, classes), given_dataset(val, "val", size, classes)
         name = f"{type(model).__module__}:{type(model).__qualname__}"
-        config = LearnConfig(model=name, data="api", groups=None if groups is None else str(groups),
-                             split_from=split_from, split_depth=None if split_depth is None else str(split_depth),
-                             preset=preset, max_steps=steps, seed=seed, device=str(device), out="", **options)
-        check_config(config)
+        config = LearnConfig(model=name, data=None, groups=groups, split_from=split_from, split_depth=split_depth,
+                             preset=preset, max_steps=steps, seed=seed, device=str(device), out=None, **options)
+        check_config(config, ARG)
         start_acc = None
         if trained is None and val_set is not None:   # measured only to decide (an evaluation draws from the RNG)
             start_acc = accuracy(model, val_set, device)
@@ -79,8 +82,8 @@ class SplitNet(SplitSession):
         config = resolve_start(config, trained)
         if val_set is None and config.warmup == "adaptive":
             config = replace(config, warmup="fixed")   # the adaptive warm-up decides on validation accuracy
-        analysis = analyse(name, make_spec(config.groups, split_from, config.split_depth, preset), classes, size,
-                           model=model)
+        analysis = analyse(name, make_spec(config.groups, config.split_from, config.split_depth, preset, names=ARG),
+                           classes, size, model=model, names=ARG)
         config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
         if config.init_groups in CUT_INITS:
             check_flat(analysis.scope)
@@ -89,7 +92,7 @@ class SplitNet(SplitSession):
                                   "probe= (training images, a DataLoader or Dataset), or init_groups='learned'.")
         aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=seed).to(device)
         optimizers = {k: v for k, v in make_optimizers(config, analysis.gm, aset).items() if k != "weights"}
-        per_epoch = steps_per_epoch or (len(probe) if isinstance(probe, DataLoader) else steps)
+        per_epoch = steps_per_epoch or (len(probe) if isinstance(probe, DataLoader) and _sized(probe) else steps)
         floor, cap = schedule.warmup_bounds(config.warmup_epochs, per_epoch, steps, config.warmup == "adaptive")
         if val_set is None and "warmup_epochs" not in options:   # no validation to end it: at most the cap share
             floor = cap = min(floor, round(schedule.WARMUP_CAP_SHARE * steps))
@@ -120,33 +123,29 @@ class SplitNet(SplitSession):
 
     def compile(self) -> SplitModel:
         """The split of the model's current weights by the hardened groups (``splitc split``'s
-        passes): an ``nn.Module`` carrying its split.json fields and masked reference, checked
-        against that reference on fresh inputs (the error is in ``meta["report"]["max_rel_err"]``)."""
+        passes): an ``nn.Module`` carrying its split.json fields, input size and masked
+        reference, checked against that reference on fresh inputs (the error is in
+        ``meta["report"]["max_rel_err"]``)."""
         run = self.run
         self.finish()
         if not run.probed:
             warn(run, f"compiled at step {run.step}, still in the warm-up (it ends at step {run.warmup_steps}): the "
                       "regularizers never ran, so the groups are the random start; give SplitNet the steps you train")
-        analysis, hard = run.analysis, hardened(run)
-        compiled = compile_split(analysis.gm, analysis.ir, analysis.scope, hard)
-        err = max_rel_err(compiled.model, compiled.masked, analysis.input_size)
-        summary = structural_report(analysis, hard, compiled.model, err)
-        model = compiled.model
-        model.meta = split_meta(analysis, hard, model, summary, list(run.bundle.class_names),
-                                {"assign": run.config.assign, "data": "api"})
-        model.input_size, model.references = analysis.input_size, {"unsplit": compiled.masked}
-        return model
+        return build_split(run.analysis, hardened(run), list(run.bundle.class_names), {"assign": run.config.assign})
 
     def verify(self, split: SplitModel, batches: int = 3) -> float:
         """The largest relative error of ``split`` against its masked reference on fresh random
-        inputs (<= 1e-5 when compiled and not trained since); a warning line above that."""
-        reference = split.references.get("masked") or split.references.get("unsplit")
-        if reference is None or split.input_size is None:
-            raise SplitcError("verify needs a split from SplitNet.compile or splitc.load (it carries its reference).")
-        err = max_rel_err(split, reference, split.input_size, batches)
+        inputs (<= 1e-5); a split trained since compile is compared with the masked model
+        carrying its new weights, rebuilt from this SplitNet's model. A warning line above the
+        tolerance."""
+        if not isinstance(split, SplitModel):
+            raise SplitcError(f"SplitNet.verify takes a split (SplitNet.compile's or splitc.load's result), "
+                              f"not {type(split).__name__}.")
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise SplitcError(f"SplitNet.verify: batches= is a count of at least 1, not {batches!r}.")
+        err = verify_value(split, self.run.analysis, batches)
         if err > VERIFY_TOLERANCE:
-            warn(self.run, f"the split differs from its masked reference by {err:.2e} (tolerance {VERIFY_TOLERANCE:.0e}); "
-                           "trained since compile? compare before finetuning")
+            warn(self.run, f"the split differs from its masked reference by {err:.2e} (tolerance {VERIFY_TOLERANCE:.0e})")
         return err
 
     def report(self) -> dict[str, Any]:
@@ -178,6 +177,57 @@ def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
     return int(out.shape[1])
 
 
-def _dataset(data: DataLoader | Dataset | None) -> Dataset | None:
-    """A DataLoader's dataset (learn's probes and evaluation read datasets), or the dataset itself."""
-    return data.dataset if isinstance(data, DataLoader) else data
+def _sized(loader: DataLoader) -> bool:
+    try:
+        return len(loader) > 0
+    except TypeError:   # a loader over an IterableDataset
+        return False
+
+
+def check_arguments(model: object, example_inputs: object, *, steps: object, groups: object, split_from: object,
+                    split_depth: object, preset: object, steps_per_epoch: object, trained: object,
+                    class_names: object, seed: object, options: dict[str, Any]) -> None:
+    """SplitNet's arguments, each refused in one line naming it before any work starts (the
+    values of ``probe=`` and ``val=``: :func:`splitc.data.given.given_dataset`)."""
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise SplitcError(f"SplitNet takes the model to split, an nn.Module with parameters, not {type(model).__name__}.")
+    if not isinstance(example_inputs, torch.Tensor) or example_inputs.ndim < 2 or not example_inputs.is_floating_point():
+        raise SplitcError("SplitNet: example_inputs= is one batch of model inputs, a float tensor such as "
+                          f"torch.randn(1, 3, 32, 32), not {_shown(example_inputs)}.")
+    counts = {"steps": steps, "steps_per_epoch": steps_per_epoch, "seed": seed}
+    for name, value in counts.items():
+        if (value is not None or name == "steps") and (isinstance(value, bool) or not isinstance(value, int)
+                                                      or value < (0 if name == "seed" else 1)):
+            least = "0 or more" if name == "seed" else "at least 1"
+            raise SplitcError(f"SplitNet: {name}= is an int, {least}, not {_shown(value)}.")
+    if not _ints_or_one(groups, 2):
+        raise SplitcError(f"SplitNet: groups= is an int >= 2 (2) or a tuple of them per level ((2, 4)), not {_shown(groups)}.")
+    if not _ints_or_one(split_depth, 1):
+        raise SplitcError(f"SplitNet: split_depth= is an int >= 1 or a tuple of them per level, not {_shown(split_depth)}.")
+    if split_from is not None and not (isinstance(split_from, str) or (
+            isinstance(split_from, (tuple, list)) and split_from and all(isinstance(n, str) for n in split_from))):
+        raise SplitcError(f"SplitNet: split_from= is a module name ('layer3') or a tuple of them per level, "
+                          f"not {_shown(split_from)}.")
+    if preset is not None and not isinstance(preset, str):
+        raise SplitcError(f"SplitNet: preset= is a preset's name, not {_shown(preset)}.")
+    if trained is not None and not isinstance(trained, bool):
+        raise SplitcError(f"SplitNet: trained= is True, False or None (decided on val=), not {_shown(trained)}.")
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, (list, tuple))
+                                    or not all(isinstance(c, str) for c in class_names)):
+        raise SplitcError(f"SplitNet: class_names= is a list of str, one per class, not {_shown(class_names)}.")
+    unknown = sorted(set(options) - set(RECIPE_OPTIONS))
+    if unknown:
+        raise SplitcError(f"SplitNet got an unexpected argument {unknown[0]}=; besides the scope and data it takes "
+                          f"the recipe's options: {', '.join(RECIPE_OPTIONS)}.")
+
+
+def _ints_or_one(value: object, least: int) -> bool:
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    return value is None or (bool(items) and all(isinstance(v, int) and not isinstance(v, bool) and v >= least
+                                                 for v in items))
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    return repr(value) if isinstance(value, (int, float, str, bool, type(None))) else f"a {type(value).__name__}"

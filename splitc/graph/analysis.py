@@ -6,7 +6,7 @@ This is what ``splitc inspect`` runs and what ``learn`` and ``split`` start from
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.fx as fx
@@ -17,7 +17,8 @@ from splitc.graph.channel_graph import build_channel_graph
 from splitc.graph.channel_ir import ChannelIR
 from splitc.graph.group_tree import HardAssignment
 from splitc.graph.counting import CostReport, count
-from splitc.core.errors import UserCodeError
+from splitc.core.errors import SplitcError, UserCodeError
+from splitc.core.naming import FLAG, Naming
 from splitc.core.pipeline import PassRunner
 from splitc.graph.frontend import trace
 from splitc.graph.opkinds import registration_hint
@@ -46,9 +47,11 @@ def default_num_classes(model_name: str) -> int:
 
 def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
             input_size: tuple[int, int, int] | None = None, model: nn.Module | None = None,
-            assignment: HardAssignment | None = None, runner: PassRunner | None = None) -> Analysis:
+            assignment: HardAssignment | None = None, runner: PassRunner | None = None,
+            names: Naming = FLAG) -> Analysis:
     """Build (unless ``model`` is given), trace and analyse; warnings are kept on the IR.
-    The passes run through ``runner`` (a new one when None), kept on the result."""
+    The passes run through ``runner`` (a new one when None), kept on the result; ``names``
+    spells the scope options in errors."""
     runner = runner or PassRunner()
     classes = num_classes or default_num_classes(model_name)
     size = tuple(input_size or zoo.resolve(model_name).default_input_size)
@@ -58,7 +61,7 @@ def analyse(model_name: str, spec: ScopeSpec, num_classes: int | None = None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ir = runner.run("channel graph", build_channel_graph, gm, size)
-    scope = runner.run("scope", resolve_scope, ir, spec)
+    scope = runner.run("scope", resolve_scope, ir, spec, names)
     return Analysis(model_name, classes, size, model, gm, ir, scope, count(ir, scope, assignment), runner)
 
 
@@ -105,10 +108,56 @@ def analysis_warnings(analysis: Analysis) -> list[str]:
     cost = analysis.cost
     if cost.split.params >= cost.baseline.params and analysis.scope.level_of:
         stop = f"; the channel analysis stopped at {', '.join(analysis.ir.barriers)}" if analysis.ir.barriers else ""
+        nearest = nearest_split(analysis)
+        fix = (f"the nearest choice that splits is split-from {nearest[0]} ({nearest[1]:.1f}% of params saved)"
+               if nearest and analysis.scope.spec.split_from else
+               f"the nearest choice that splits is split-depth {nearest[0]} ({nearest[1]:.1f}% of params saved)"
+               if nearest else "choose a split-from / split-depth that covers a weight layer's input and output")
         lines.append(f"the scope {analysis.scope.spec.describe()} makes no layer block-diagonal (0.0% of params "
-                     f"saved){stop}: declare the barrier op with splitc.register_module / register_function, or "
-                     "choose a --split-from / --split-depth that covers a weight layer's input and output")
+                     f"saved){stop}: {fix}, or declare a barrier op with splitc.register_module / register_function")
     return lines
+
+
+NEAREST_TRIES = 40   # scopes tried for the hint of a scope that splits nothing (each resolves the scope)
+
+
+def nearest_split(analysis: Analysis) -> tuple[str, float] | None:
+    """For a one-level scope that splits nothing: the module nearest (in graph order) to its
+    ``split_from``, or the next deeper ``split_depth``, whose scope does split; with the share of
+    params it saves."""
+    spec, ir = analysis.scope.spec, analysis.ir
+    if len(spec.groups) != 1:
+        return None
+    if spec.split_from:
+        start = _module_starts(ir).get(spec.split_from[0])
+        if start is None:
+            return None
+        names = sorted(_module_starts(ir).items(), key=lambda item: (abs(item[1] - start), item[1], item[0]))
+        candidates = [(name, replace(spec, split_from=(name,))) for name, _ in names if name != spec.split_from[0]]
+    else:
+        depth = spec.split_depth[0]
+        candidates = [(str(d), replace(spec, split_depth=(d,))) for d in range(depth + 1, len(ir.layers) + 1)]
+    for label, candidate in candidates[:NEAREST_TRIES]:
+        try:
+            saved = count(ir, resolve_scope(ir, candidate)).params_reduced_pct
+        except SplitcError:
+            continue
+        if saved > 0:
+            return label, saved
+    return None
+
+
+def _module_starts(ir: ChannelIR) -> dict[str, int]:
+    """Every module path of the traced graph (and each of its parents) -> the topo index of its first node."""
+    starts: dict[str, int] = {}
+    for node in ir.gm.graph.nodes:
+        if node.op != "call_module" or node.name not in ir.topo_of:
+            continue
+        parts = str(node.target).split(".")
+        for k in range(1, len(parts) + 1):
+            name = ".".join(parts[:k])
+            starts[name] = min(starts.get(name, ir.topo_of[node.name]), ir.topo_of[node.name])
+    return starts
 
 
 def space_status(analysis: Analysis, space_id: int) -> str:

@@ -23,6 +23,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from splitc.core.errors import SplitcError
+
 
 class Kind(Enum):
     CONV = "conv"                  # nn.Conv2d: new output space, weight layer
@@ -168,7 +170,7 @@ def parse_kind(kind: Kind | str) -> Kind:
         return Kind(kind)
     except ValueError:
         known = ", ".join(repr(k.value) for k in Kind)
-        raise ValueError(f"unknown op kind {kind!r}; the kinds are {known}") from None
+        raise SplitcError(f"unknown op kind {kind!r}; the kinds are {known} (or splitc.Kind's members)") from None
 
 
 def register_module(cls: type, kind: Kind | str) -> type:
@@ -178,7 +180,7 @@ def register_module(cls: type, kind: Kind | str) -> type:
     declared as a built-in kind must carry that module's attributes (a ``"conv"``: ``weight``,
     ``bias``, ``groups``, ``kernel_size``, ``out_channels``). Returns ``cls``."""
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise TypeError(f"register_module takes an nn.Module subclass, got {cls!r}")
+        raise SplitcError(f"register_module takes an nn.Module subclass (the class, not an instance), got {cls!r}")
     return _register(cls, kind, "module", USER_MODULE_KINDS, MODULE_KINDS)
 
 
@@ -187,7 +189,7 @@ def register_function(fn: object, kind: Kind | str) -> object:
     from a traced forward is kept as one call (not traced into) and gets that kind's rule.
     Returns ``fn``."""
     if not callable(fn) or isinstance(fn, type):
-        raise TypeError(f"register_function takes a function, got {fn!r}")
+        raise SplitcError(f"register_function takes a function, got {fn!r}")
     return _register(fn, kind, "function", USER_FUNCTION_KINDS, FUNCTION_KINDS)
 
 
@@ -196,7 +198,7 @@ def _register(target, kind: Kind | str, what: str, user: dict, builtin: dict):
     new = parse_kind(kind)
     old = user.get(target) or builtin.get(target)
     if old is not None:
-        raise ValueError(f"{what} {_qualname(target)} is already registered as {old.value!r} "
+        raise SplitcError(f"{what} {_qualname(target)} is already registered as {old.value!r} "
                          f"({_who(target in user)}); cannot register it again as {new.value!r}")
     user[target] = new
     return target
@@ -206,7 +208,7 @@ def unregister(target: object) -> None:
     """Undo ``register_module`` / ``register_function`` (a built-in kind stays)."""
     table = USER_MODULE_KINDS if isinstance(target, type) else USER_FUNCTION_KINDS
     if target not in table:
-        raise ValueError(f"{_qualname(target)} was not registered by the user")
+        raise SplitcError(f"{_qualname(target)} was not registered by the user")
     del table[target]
 
 

@@ -16,6 +16,7 @@ import networkx as nx
 
 from splitc.graph.channel_ir import ChannelIR, WeightLayer
 from splitc.core.errors import SplitcError, did_you_mean
+from splitc.core.naming import FLAG, Naming
 
 KINDS = ("block-diagonal", "output-partitioned", "mixed", "trunk")
 
@@ -73,74 +74,94 @@ class Scope:
         return self.groups[self.level_of[space]]
 
 
-def make_spec(groups: str | tuple[int, ...], split_from: str | None = None,
-              split_depth: str | None = None, preset: str | None = None,
-              model: str | None = None) -> ScopeSpec:
-    """Validate CLI-style scope options into a ScopeSpec (exactly one scope option)."""
-    chosen = [name for name, v in (("--split-from", split_from), ("--split-depth", split_depth),
-                                   ("--preset", preset)) if v]
+def make_spec(groups: str | int | tuple[int, ...] | None, split_from: str | tuple[str, ...] | None = None,
+              split_depth: str | int | tuple[int, ...] | None = None, preset: str | None = None,
+              model: str | None = None, names: Naming = FLAG) -> ScopeSpec:
+    """Validate the scope options into a ScopeSpec (exactly one scope option). Each takes its
+    typed form (``(2, 4)``, ``("layer2", "layer3")``) or its text spelling (``"2,4"``);
+    ``names`` spells the options in errors (``--groups`` or ``groups=``)."""
+    chosen = [names(name) for name, v in (("split_from", split_from), ("split_depth", split_depth),
+                                          ("preset", preset)) if v]
     if len(chosen) > 1:
         raise SplitcError(f"conflicting scope options {' and '.join(chosen)}: give exactly one of "
-                          "--split-from, --split-depth or --preset.")
+                          f"{names('split_from')}, {names('split_depth')} or {names('preset')}.")
     if preset:
-        return _preset_spec(preset, model, groups)
-    levels = _parse_groups(groups)
+        return _preset_spec(preset, model, groups, names)
+    levels = _parse_groups(groups, names)
     if split_from:
-        names = tuple(s.strip() for s in split_from.split(","))
-        _check_levels("--split-from", names, levels)
-        return ScopeSpec(levels, split_from=names)
-    depths = tuple(_parse_int("--split-depth", s) for s in (split_depth or "1").split(","))
-    _check_levels("--split-depth", depths, levels)
+        modules = level_tuple(split_from, str)
+        if not isinstance(modules, tuple) or not all(isinstance(m, str) and m for m in modules):
+            raise SplitcError(f"{names('split_from')} takes module names, one per level, got {split_from!r}.")
+        _check_levels(names("split_from"), modules, levels, names)
+        return ScopeSpec(levels, split_from=modules)
+    depths = _ints(names("split_depth"), split_depth or 1)
+    _check_levels(names("split_depth"), depths, levels, names)
     return ScopeSpec(levels, split_depth=depths)
 
 
-def _preset_spec(preset: str, model: str | None, groups) -> ScopeSpec:
+def level_tuple(value: object, kind: type) -> object:
+    """One entry per level, from a text spelling (``"2,4"``, ``"layer2,layer3"``), one value or
+    a sequence; a value that does not read so is returned as it is (for the caller to refuse)."""
+    if isinstance(value, str):
+        parts = tuple(part.strip() for part in value.split(","))
+        if kind is int:
+            try:
+                return tuple(int(part) for part in parts)
+            except ValueError:
+                return value
+        return parts
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    return value
+
+
+def _preset_spec(preset: str, model: str | None, groups, names: Naming) -> ScopeSpec:
     table = PRESETS.get(model or "", {})
-    if preset not in table:
+    if not isinstance(preset, str) or preset not in table:
         where = f" for {model}" if model else ""
         known = ", ".join(f"{m}: {', '.join(p)}" for m, p in PRESETS.items())
-        raise SplitcError(f"unknown preset {preset!r}{where}.{did_you_mean(preset, table)} "
+        raise SplitcError(f"unknown preset {preset!r}{where}.{did_you_mean(str(preset), table)} "
                           f"Presets exist for: {known}.")
     spec = table[preset]
-    if groups and _parse_groups(groups) != spec.groups:
-        raise SplitcError(f"preset {preset} fixes --groups {','.join(map(str, spec.groups))}; "
-                          "drop --groups or use --split-from/--split-depth instead.")
+    if groups and _parse_groups(groups, names) != spec.groups:
+        raise SplitcError(f"preset {preset} fixes {names('groups')} {','.join(map(str, spec.groups))}; "
+                          f"drop {names('groups')} or use {names('split_from')}/{names('split_depth')} instead.")
     return spec
 
 
 DEFAULT_GROUPS = "2"   # --groups when neither it nor a preset is given: inspect, learn and SplitNet alike
 
 
-def _parse_groups(groups) -> tuple[int, ...]:
-    if isinstance(groups, tuple):
-        levels = groups
-    else:
-        levels = tuple(_parse_int("--groups", g) for g in str(groups or DEFAULT_GROUPS).split(","))
+def _parse_groups(groups, names: Naming = FLAG) -> tuple[int, ...]:
+    levels = _ints(names("groups"), groups or DEFAULT_GROUPS)
     if any(g < 2 for g in levels):
-        raise SplitcError(f"--groups needs G >= 2 at every level, got {levels}.")
+        raise SplitcError(f"{names('groups')} needs G >= 2 at every level, got {levels}.")
     for lo, hi in zip(levels, levels[1:]):
         if hi % lo:
-            raise SplitcError(f"--groups {','.join(map(str, levels))}: each level must divide "
+            raise SplitcError(f"{names('groups')} {','.join(map(str, levels))}: each level must divide "
                               f"the next ({hi} is not a multiple of {lo}).")
     return levels
 
 
-def _parse_int(option: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise SplitcError(f"{option} expects integers, got {text!r}.") from None
+def _ints(option: str, value: object) -> tuple[int, ...]:
+    levels = level_tuple(value, int)
+    if not isinstance(levels, tuple) or not levels or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                for v in levels):
+        raise SplitcError(f"{option} expects integers, one per level, got {value!r}.")
+    return levels
 
 
-def _check_levels(option: str, values: tuple, levels: tuple[int, ...]) -> None:
+def _check_levels(option: str, values: tuple, levels: tuple[int, ...], names: Naming = FLAG) -> None:
     if len(values) != len(levels):
-        raise SplitcError(f"{option} has {len(values)} entries but --groups has {len(levels)} "
+        raise SplitcError(f"{option} has {len(values)} entries but {names('groups')} has {len(levels)} "
                           "levels; give one per level, e.g. --groups 2,4 --split-from a,b.")
 
 
-def resolve_scope(ir: ChannelIR, spec: ScopeSpec) -> Scope:
-    """The closed set of spaces to split, each with its level."""
-    regions = [(_region_from(ir, name) if spec.split_from else _region_depth(ir, depth))
+def resolve_scope(ir: ChannelIR, spec: ScopeSpec, names: Naming = FLAG) -> Scope:
+    """The closed set of spaces to split, each with its level (``names`` spells the options)."""
+    regions = [(_region_from(ir, name, names) if spec.split_from else _region_depth(ir, depth, names))
                for name, depth in _per_level(spec)]
     level_of: dict[int, int] = {}
     for level, region in enumerate(regions):
@@ -177,13 +198,13 @@ def _per_level(spec: ScopeSpec):
     return [(None, depth) for depth in spec.split_depth]
 
 
-def _region_from(ir: ChannelIR, name: str) -> set[int]:
+def _region_from(ir: ChannelIR, name: str, names: Naming = FLAG) -> set[int]:
     """Spaces created at or after the first node of module ``name``."""
     starts = [ir.topo_of[n.name] for n in ir.gm.graph.nodes if _belongs(n, name)]
     if not starts:
         known = sorted({str(n.target).rsplit(".", k)[0] for n in ir.gm.graph.nodes
                         if n.op == "call_module" for k in range(0, str(n.target).count(".") + 1)})
-        raise SplitcError(f"--split-from {name!r} is not a module of this model."
+        raise SplitcError(f"{names('split_from')} {name!r} is not a module of this model."
                           f"{did_you_mean(name, known)} Run `splitc inspect MODEL` to list layers.")
     start = min(starts)
     return {s.id for s in ir.spaces if s.topo >= start and s.role != "param"}
@@ -197,10 +218,10 @@ def _belongs(node, name: str) -> bool:
                for path, _ in (v if isinstance(v, tuple) else (v, None) for v in stack.values()))
 
 
-def _region_depth(ir: ChannelIR, depth: int) -> set[int]:
+def _region_depth(ir: ChannelIR, depth: int, names: Naming = FLAG) -> set[int]:
     """In and out spaces of the top ``depth`` weight layers."""
     if depth < 1:
-        raise SplitcError(f"--split-depth must be >= 1, got {depth}.")
+        raise SplitcError(f"{names('split_depth')} must be >= 1, got {depth}.")
     top = sorted(ir.layers, key=lambda layer: layer.topo, reverse=True)[:depth]
     region: set[int] = set()
     for layer in top:

@@ -22,6 +22,7 @@ lose no weights, so they get no R_W.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from splitc.learn.regularizers import balance_reg, combine_layer_terms, disjoint
 from splitc.graph.scope import Scope, layer_kind
 from splitc.learn.simplex import SimplexAssignment, SoftmaxAssignment
 
-ASSIGNMENT_KINDS = ("softmax", "reduced-gradient", "random")
+AssignKind = Literal["softmax", "reduced-gradient", "random"]   # random: SplitNet-Random
+ASSIGNMENT_KINDS = get_args(AssignKind)
 # Layer kinds whose weights the split cuts, so R_W applies (docs/METHOD.md §4).
 CUT_KINDS = ("block-diagonal", "mixed")
 

@@ -1,18 +1,28 @@
 """The options and result of ``splitc learn``, and their validation (no training code here, so
-that the optimiser and schedule modules can read the config without importing the loop)."""
+that the optimiser and schedule modules can read the config without importing the loop).
+
+:class:`LearnConfig` is the one typed options object: ``splitc learn`` builds it from its flags,
+``splitc.SplitNet`` from its keyword arguments (the recipe's, :data:`RECIPE_OPTIONS`, beside the
+scope). Its fields are typed values (``groups`` a tuple of ints, the kinds ``Literal`` names, ``out``
+a ``Path``); the scope's text spellings (``groups="2,4"``, ``split_from="a,b"``) are read into them
+on construction. :func:`check_config` checks every field against its type and the rules between
+them, and names an option as the caller wrote it (``--gamma-w`` or ``gamma_w=``).
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-from splitc.learn.assign import ASSIGNMENT_KINDS
 from splitc.core.errors import SplitcError
 from splitc.core.files import ASSIGNMENT_JSON, LEARN_CHECKPOINT, LEARN_METRICS
-from splitc.graph.scope import DEFAULT_GROUPS
+from splitc.core.naming import FLAG, Naming
+from splitc.core.typed import check_fields
+from splitc.graph.scope import DEFAULT_GROUPS, level_tuple, make_spec
+from splitc.learn.assign import AssignKind
 
 CHECKPOINT, METRICS, ASSIGNMENT = LEARN_CHECKPOINT, LEARN_METRICS, ASSIGNMENT_JSON
 FREEZE_FUZZY_FRACTION = 0.2  # docs/METHOD.md §6: freeze a space once fewer than 20% of nodes are fuzzy
@@ -25,13 +35,17 @@ REPORT_OVERLAP = 0.1         # threshold for listing fuzzy nodes when no overlap
 #   code also clustered the classes first).
 # classifier-cut: as cluster-cut, but the class map clusters the rows of the trained classifier's
 #   weight matrix (the authors' ImageNet practice from a trained ResNet-50).
-INIT_GROUPS = ("learned", "cluster", "cluster-cut", "classifier-cut")
+InitGroups = Literal["learned", "cluster", "cluster-cut", "classifier-cut"]
+INIT_GROUPS = get_args(InitGroups)
 CUT_INITS = ("cluster-cut", "classifier-cut")   # the class map fixed at once, channels placed around it
 # What --init-groups means when not given, where it applies (see default_init_groups): chosen by
 # the end-to-end table on synthetic:families (docs/LEARN.md, "Which grouping").
 DEFAULT_INIT_GROUPS = "cluster-cut"
-COMMIT_GROUPS = ("balanced", "argmax")  # which groups the commit fixes (learn_schedule.commit_space)
-ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.optim
+CommitGroups = Literal["balanced", "argmax"]   # which groups the commit fixes (learn_schedule.commit_space)
+AssignOptimizer = Literal["adam", "sgd"]       # for softmax logits; see splitc.learn.optim
+Warmup = Literal["adaptive", "fixed"]          # adaptive: until the network has trained (learn_schedule)
+Schedule = Literal["cosine", "step"]           # the weights' learning-rate schedule
+COMMIT_GROUPS, ASSIGN_OPTIMIZERS = get_args(CommitGroups), get_args(AssignOptimizer)
 # The recipe's numbers that depend on the start (issue 26): from random weights (the paper's
 # CIFAR schedule: a plain warm-up first), or from trained ones (--weights that clear chance): no
 # warm-up, and no learn epochs at all: the groups read off the trained network are cut at once
@@ -40,6 +54,11 @@ ASSIGN_OPTIMIZERS = ("adam", "sgd")  # for softmax logits; see splitc.learn.opti
 # (the lr and γ_W below, used when --epochs is given; γ_W x lr is what R_W shrinks the cut by per
 # step, the scratch product): one-shot + 6 finetune epochs ended higher at G=2 and G=4.
 SCRATCH_DEFAULTS = {"lr": 0.1, "gamma_w": 1.0, "warmup_epochs": 3.0, "warmup": "adaptive", "lr_warmup_epochs": 0.5}
+# The options of the recipe itself, which ``splitc.SplitNet`` takes as keywords beside the scope
+# (the others say where a ``splitc learn`` run reads its data, writes, resumes, and how long it runs)
+RECIPE_OPTIONS = ("assign", "init_groups", "gamma_w", "gamma_d", "gamma_d_end", "gamma_d_rise", "gamma_e",
+                  "assign_optimizer", "assign_lr_mult", "warmup_epochs", "warmup", "commit", "commit_groups",
+                  "soft_epochs", "lr", "overlap")
 TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup": "fixed", "lr_warmup_epochs": 0.0,
                     "epochs": 0}
 
@@ -49,37 +68,37 @@ class LearnConfig:
     """The options of ``splitc learn``; see docs/METHOD.md §8 for why the defaults are what they are."""
 
     model: str = "resnet20"
-    data: str = "synthetic"
-    groups: str | None = None       # None: the preset's groups, else DEFAULT_GROUPS
-    split_from: str | None = None
-    split_depth: str | None = None
+    data: str | None = "synthetic"  # None: a run without a data source of its own (splitc.SplitNet)
+    groups: tuple[int, ...] | None = None     # None: the preset's groups, else DEFAULT_GROUPS
+    split_from: tuple[str, ...] | None = None  # one module per level
+    split_depth: tuple[int, ...] | None = None
     preset: str | None = None
     input_size: tuple[int, int, int] | None = None
-    assign: str = "softmax"
-    init_groups: str | None = None  # None: default_init_groups (INIT_GROUPS says what each does)
+    assign: AssignKind = "softmax"
+    init_groups: InitGroups | None = None   # None: default_init_groups (INIT_GROUPS says what each does)
     gamma_w: float | None = None    # None: SCRATCH_DEFAULTS or TRAINED_DEFAULTS (resolve_start)
     gamma_d: float = 1.0
     gamma_d_end: float = 10.0       # γ_D rises linearly to this by the last step (learn_optim)
     gamma_d_rise: float = 1.0       # ... over this fraction of the regularized steps, then holds
     gamma_e: float = 10.0
-    assign_optimizer: str = "adam"  # for softmax logits; see splitc.learn.optim
+    assign_optimizer: AssignOptimizer = "adam"
     assign_lr_mult: float = 0.2     # Adam on logits: 0.02 per step at lr 0.1 (learn_optim)
     warmup_epochs: float | None = None  # features first (§8): the floor of an adaptive warm-up
-    warmup: str | None = None       # adaptive or fixed: exactly warmup_epochs (learn_schedule)
+    warmup: Warmup | None = None    # adaptive or fixed: exactly warmup_epochs (learn_schedule)
     commit: bool = True             # fix the groups once decided, so R_W clears the cut (learn_schedule)
-    commit_groups: str = "balanced"  # or "argmax": which groups the commit fixes (learn_schedule)
+    commit_groups: CommitGroups = "balanced"
     soft_epochs: float = 0.0        # R_D ramps from 0 to gamma_d over these epochs after warm-up
     epochs: int | None = None       # None: 10 epochs, at least MIN_TOTAL_STEPS (learn_schedule)
     max_steps: int | None = None    # stop after this many optimizer steps in total
     batch_size: int = 64
     lr: float | None = None         # None: SCRATCH_DEFAULTS or TRAINED_DEFAULTS (resolve_start)
     weight_decay: float = 1e-4
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     lr_warmup_epochs: float | None = None  # linear learning-rate warm-up at the start of the run
     device: str = "cpu"
     nproc: int = 1                  # data-parallel ranks (learn_dist); the global batch is nproc x batch_size
     seed: int = 0
-    out: str = "runs/learn"
+    out: Path | None = Path("runs/learn")   # the run directory; None: none (splitc.SplitNet keeps no files)
     resume: bool = False
     force: bool = False             # replace an existing --out as a whole
     overlap: float | None = None
@@ -90,8 +109,16 @@ class LearnConfig:
     normalize: str | None = None    # input statistics (data.bundle.pick_stats); None: the data form's
 
     def __post_init__(self) -> None:
-        if self.groups is None and self.preset is None:  # a preset brings its own groups
-            object.__setattr__(self, "groups", DEFAULT_GROUPS)
+        """Read the text spellings of the scope and the paths into their types (a value that does
+        not read stays as given, for :func:`check_config` to name)."""
+        fixed = {"groups": level_tuple(self.groups, int), "split_from": level_tuple(self.split_from, str),
+                 "split_depth": level_tuple(self.split_depth, int),
+                 "input_size": tuple(self.input_size) if isinstance(self.input_size, list) else self.input_size,
+                 "out": Path(self.out) if isinstance(self.out, str) else self.out}
+        if fixed["groups"] is None and self.preset is None:  # a preset brings its own groups
+            fixed["groups"] = level_tuple(DEFAULT_GROUPS, int)
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -116,44 +143,35 @@ class LearnResult:
     teacher: str | None = None       # the dense weights the split came from (finetune --distill)
 
 
-def check_config(config: LearnConfig) -> None:
-    """Option mistakes fail before minutes of data loading and tracing."""
-    if config.assign not in ASSIGNMENT_KINDS:
-        raise SplitcError(f"unknown --assign {config.assign!r}; choose {', '.join(ASSIGNMENT_KINDS)}.")
-    if config.assign_optimizer not in ASSIGN_OPTIMIZERS:
-        raise SplitcError(f"unknown --assign-optimizer {config.assign_optimizer!r}; choose "
-                          f"{', '.join(ASSIGN_OPTIMIZERS)}.")
-    if config.schedule not in ("step", "cosine"):
-        raise SplitcError(f"unknown --schedule {config.schedule!r}; choose step or cosine.")
+def check_config(config: LearnConfig, names: Naming = FLAG) -> None:
+    """Option mistakes fail before minutes of data loading and tracing; ``names`` spells the
+    options as the caller wrote them (the flags, or SplitNet's keyword arguments)."""
+    make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model, names)
+    check_fields(config, names)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SplitcError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
+        raise SplitcError(f"{names('device')} cuda was asked for but no CUDA device is visible; use {names('device')} cpu.")
     if not 0 < config.gamma_d_rise <= 1:
-        raise SplitcError(f"--gamma-d-rise must be in (0, 1], got {config.gamma_d_rise}.")
-    check_numbers(config)
-    if config.warmup not in (None, "adaptive", "fixed"):
-        raise SplitcError(f"unknown --warmup {config.warmup!r}; choose adaptive or fixed.")
-    if config.init_groups is not None and config.init_groups not in INIT_GROUPS:
-        raise SplitcError(f"unknown --init-groups {config.init_groups!r}; choose {', '.join(INIT_GROUPS)}.")
+        raise SplitcError(f"{names('gamma_d_rise')} must be in (0, 1], got {config.gamma_d_rise}.")
+    check_numbers(config, names)
     if config.nproc < 1:
-        raise SplitcError(f"--nproc must be at least 1, got {config.nproc}.")
+        raise SplitcError(f"{names('nproc')} must be at least 1, got {config.nproc}.")
     if config.device.startswith("cuda") and config.nproc > torch.cuda.device_count():
-        raise SplitcError(f"--nproc {config.nproc} with --device cuda needs {config.nproc} GPUs; "
-                          f"{torch.cuda.device_count()} are visible. Use fewer ranks or --device cpu.")
-    if config.commit_groups not in COMMIT_GROUPS:
-        raise SplitcError(f"unknown --commit-groups {config.commit_groups!r}; choose {', '.join(COMMIT_GROUPS)}.")
+        raise SplitcError(f"{names('nproc')} {config.nproc} with {names('device')} cuda needs {config.nproc} GPUs; "
+                          f"{torch.cuda.device_count()} are visible. Use fewer ranks or {names('device')} cpu.")
+    init = names("init_groups")
     if config.init_groups not in (None, "learned") and config.assign == "random":
-        raise SplitcError(f"--init-groups {config.init_groups} needs learned assignments; drop it or use "
-                          "--assign softmax / reduced-gradient.")
+        raise SplitcError(f"{init} {config.init_groups} needs learned assignments; drop it or use "
+                          f"{names('assign')} softmax / reduced-gradient.")
     if config.init_groups in CUT_INITS and not config.commit:
-        raise SplitcError(f"--init-groups {config.init_groups} commits its groups at the end of the warm-up; "
-                          "drop --no-commit, or use --init-groups learned for the paper's schedule.")
+        raise SplitcError(f"{init} {config.init_groups} commits its groups at the end of the warm-up; drop "
+                          f"{names.switch('commit', False)}, or use {init} learned for the paper's schedule.")
 
 
 def resolve_start(config: LearnConfig, trained: bool) -> LearnConfig:
     """Fill the options left unset with the defaults of the run's start (trained or not)."""
     if config.epochs == 0 and config.max_steps is None and not trained:
         raise SplitcError("--epochs 0 (a one-shot split: the groups read off the network and cut at once) "
-                          "needs --weights of a trained network; give --epochs 1 or more.")
+                          "needs --weights of a trained network; give --epochs 1 or more.")   # a flag: SplitNet has none
     defaults = TRAINED_DEFAULTS if trained else SCRATCH_DEFAULTS
     unset = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return replace(config, **unset)
@@ -170,24 +188,21 @@ def default_init_groups(config: LearnConfig, levels: int) -> str:
     return DEFAULT_INIT_GROUPS
 
 
-def check_numbers(config: LearnConfig) -> None:
-    """The CLI's option types say the same; this guards API callers."""
-    positive = {"--lr": config.lr, "--assign-lr-mult": config.assign_lr_mult}
-    non_negative = {"--gamma-w": config.gamma_w, "--gamma-d": config.gamma_d, "--gamma-e": config.gamma_e,
-                    "--gamma-d-end": config.gamma_d_end, "--weight-decay": config.weight_decay,
-                    "--warmup-epochs": config.warmup_epochs, "--soft-epochs": config.soft_epochs,
-                    "--lr-warmup-epochs": config.lr_warmup_epochs}
-    for name, value in {**positive, **non_negative}.items():
-        if value is None:   # resolved by resolve_start
-            continue
-        if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+def check_numbers(config: LearnConfig, names: Naming = FLAG) -> None:
+    """The ranges of the numeric options (their types: :func:`check_config`)."""
+    positive = ("lr", "assign_lr_mult")
+    non_negative = ("gamma_w", "gamma_d", "gamma_e", "gamma_d_end", "weight_decay", "warmup_epochs", "soft_epochs",
+                    "lr_warmup_epochs")
+    for name in (*positive, *non_negative):
+        value = getattr(config, name)
+        if value is not None and (value < 0 or (name in positive and value == 0)):   # None: resolve_start's
             kind = "a finite number > 0" if name in positive else "a finite number >= 0"
-            raise SplitcError(f"{name} must be {kind}, got {value}.")
-    counts = {"--batch-size": config.batch_size, "--max-steps": config.max_steps}
-    for name, value in counts.items():
+            raise SplitcError(f"{names(name)} must be {kind}, got {value}.")
+    for name in ("batch_size", "max_steps"):
+        value = getattr(config, name)
         if value is not None and value < 1:
-            raise SplitcError(f"{name} must be at least 1, got {value}.")
+            raise SplitcError(f"{names(name)} must be at least 1, got {value}.")
     if config.epochs is not None and config.epochs < 0:
-        raise SplitcError(f"--epochs must be at least 0 (0: a one-shot split from --weights), got {config.epochs}.")
+        raise SplitcError(f"{names('epochs')} must be at least 0 (0: a one-shot split from --weights), got {config.epochs}.")
     if config.overlap is not None and not 0 < config.overlap < 1:
-        raise SplitcError(f"--overlap must be in (0, 1), got {config.overlap}.")
+        raise SplitcError(f"{names('overlap')} must be in (0, 1), got {config.overlap}.")

@@ -86,7 +86,8 @@ def save_run(run: LearnRun) -> Path:
     """Rank 0's checkpoint (every rank holds the same state); the other ranks write nothing."""
     if not run.ranks.main:
         return run.run_dir / CHECKPOINT
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(run.config).items()}
+    config = {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+              for k, v in asdict(run.config).items()}
     return save_checkpoint(run.run_dir / CHECKPOINT, {
         "kind": "learn", "identity": identity(run), "config": config,
         "model": run.analysis.gm.state_dict(), "assignments": run.aset.state_dict(),
