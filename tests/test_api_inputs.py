@@ -130,8 +130,17 @@ def test_save_load_export_refuse_in_one_line(split_dir: Path, tmp_path: Path) ->
 def test_every_public_name_has_an_input_test() -> None:
     text = Path(__file__).read_text()
     for name in splitc.__all__:
-        if name != "__version__":
+        if name not in ("__version__", "Kind"):   # Kind: an Enum, taken by register_module below
             assert f"splitc.{name}(" in text, name
+
+
+def test_kind_is_public_for_register_module() -> None:
+    from splitc.graph.opkinds import registered
+
+    with registered(MyNorm, splitc.Kind.CHANNELWISE):
+        with pytest.raises(SplitcError, match="already registered as 'channelwise'"):
+            splitc.register_module(MyNorm, "pool")
+    assert {k.value for k in splitc.Kind} >= {"channelwise", "elementwise", "conv"}
 
 
 def test_probe_and_val_take_datasets_loaders_and_batches() -> None:
@@ -140,3 +149,12 @@ def test_probe_and_val_take_datasets_loaders_and_batches() -> None:
     for given in (lambda: data, lambda: iter(data), lambda: dataset, lambda: DataLoader(dataset, batch_size=8)):
         sp = splitnet(probe=given(), val=given(), init_groups="cluster-cut")
         assert len(sp.run.bundle.val) == 32 and len(sp.run.bundle.train_probe) == 32
+
+
+def test_library_warnings_go_through_python_warnings() -> None:
+    from splitc.core.errors import SplitcWarning
+
+    sp = splitnet()
+    with pytest.warns(SplitcWarning, match="still in the warm-up"):
+        sp.compile()
+    assert any("still in the warm-up" in w for w in sp.warnings)

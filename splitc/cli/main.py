@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import click
 
-from splitc import __version__
 from splitc.cli.options import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SHARE
-from splitc.core.errors import SplitcError
+from splitc.core.errors import SplitcError, one_line_warnings
 from splitc.core.files import MANIFEST_JSON
+from splitc.core.version import __version__
 from splitc.data.bundle import NORMALIZE_HELP
 from splitc.graph.scope import DEFAULT_GROUPS
 from splitc.learn.assign import ASSIGNMENT_KINDS
@@ -34,7 +34,8 @@ class SplitcGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with one_line_warnings():   # the library's warnings, one line each
+                return super().invoke(ctx)
         except (SplitcError, click.UsageError) as exc:
             if debugging(ctx):
                 traceback.print_exception(exc)

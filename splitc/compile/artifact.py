@@ -45,7 +45,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils._sympy import functions as sympy_functions
 
 from splitc.compile.split import subgraph_inputs
-from splitc.core.errors import SplitcError
+from splitc.core.errors import SplitcError, SplitcWarning
 from splitc.core.outputs import atomic_write
 from splitc.graph.split_model import SplitModel, SplitPlan
 
@@ -138,7 +138,8 @@ def read_artifact(path: str | os.PathLike, references: bool = True) -> SplitArti
     header, modules, eval_only = _read(path, lambda h: [s["name"] for s in h["plan"]["subgraphs"]]
                                        + ([REFERENCE + r for r in h["references"]] if references else []))
     if eval_only:
-        warnings.warn(f"{path}: {', '.join(eval_only)} stay in eval mode when the model trains", stacklevel=2)
+        warnings.warn(f"{path}: {', '.join(eval_only)} stay in eval mode when the model trains", SplitcWarning,
+                      stacklevel=2)
     plan = SplitPlan.from_dict(header["plan"])
     model = SplitModel(plan, {s.name: modules[s.name] for s in plan.subgraphs}).eval()
     refs = {n[len(REFERENCE):]: m.eval() for n, m in modules.items() if n.startswith(REFERENCE)}

@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from splitc import __version__
+from splitc.core.version import __version__
 from splitc.compile.artifact import read_artifact, read_reference, write_artifact
 from splitc.compile.split import compile_split, overlap_reference
 from splitc.core.documents import read_document

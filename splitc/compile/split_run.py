@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from splitc import __version__
+from splitc.core.version import __version__
 from splitc.compile.build import build_split
 from splitc.compile.split_dir import SPLIT_JSON, save_split, write_json
 from splitc.core.checkpoint import load_checkpoint

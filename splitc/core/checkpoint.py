@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from splitc import __version__
+from splitc.core.version import __version__
 from splitc.core.outputs import atomic_write
 from splitc.core.errors import SplitcError
 

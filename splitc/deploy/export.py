@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 from tqdm import tqdm
 
-from splitc import __version__
+from splitc.core.version import __version__
 from splitc.core.errors import SplitcError
 from splitc.core.numerics import relative_error
 from splitc.core.outputs import claim, replacing, sha256_of

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from splitc.core.errors import SplitcError
+from splitc.core.errors import SplitcError, SplitcWarning
 from splitc.graph.channel_builder import ChannelGraphBuilder
 from splitc.graph.channel_finalize import finish
 from splitc.graph.channel_ir import ChannelIR, ParamUse, flat_tensors, has_tensor
@@ -100,7 +100,7 @@ def build_channel_graph(gm: fx.GraphModule, input_size: tuple[int, ...]) -> Chan
         raise_output_error(output)
     ir = finish(builder, gm, tuple(input_size), output)
     for message in ir.warnings:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, SplitcWarning, stacklevel=2)
     return ir
 
 

@@ -4,12 +4,11 @@ one-shot accuracy), and the accuracy and warning helpers the loop and these shar
 
 from __future__ import annotations
 
-import sys
+import warnings
 
 import torch
-from tqdm import tqdm
 
-from splitc.core.errors import SplitcError
+from splitc.core.errors import SplitcError, SplitcWarning
 from splitc.data.batches import accuracy
 from splitc.learn import schedule
 from splitc.learn.assign import cut_energy
@@ -119,8 +118,9 @@ def hardened(run: LearnRun) -> HardAssignment:
 
 
 def warn(run: LearnRun, message: str) -> None:
-    """One warning line, printed now (above the progress bar) and kept for the summary."""
+    """One warning, issued now through Python's ``warnings`` (the command line prints it as one
+    line above the progress bar) and kept for the summary; a run says each once."""
     if message not in run.warnings:
         run.warnings.append(message)
-        tqdm.write(f"warning: {message}", file=sys.stderr)
+        warnings.warn(message, SplitcWarning, stacklevel=2)
         log_record(run, {"kind": "warning", "step": run.step, "message": message})

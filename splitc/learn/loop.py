@@ -26,7 +26,7 @@ continues exactly where the killed one stopped.
 from __future__ import annotations
 
 import json
-import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from splitc.learn.assign import AssignmentSet
 from splitc.data.batches import epoch_loader
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
-from splitc.core.errors import SplitcError
+from splitc.core.errors import SplitcError, SplitcNote
 from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the public API lives here too)
     ASSIGNMENT,
     CHECKPOINT,
@@ -128,7 +128,8 @@ def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
     spec = zoo.resolve(config.model)
     size, why = choose_input_size(config.data, spec.default_input_size, spec.source == "builtin")
     if size is not None:
-        tqdm.write(f"input size {'x'.join(map(str, size))} ({why}; set --input-size to change it)", file=sys.stderr)
+        warnings.warn(f"input size {'x'.join(map(str, size))} ({why}; set --input-size to change it)", SplitcNote,
+                      stacklevel=2)
     return size
 
 
