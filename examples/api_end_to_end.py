@@ -1,7 +1,8 @@
 """A network you trained, split in one shot and served: the library, then the command line.
 
-Your model and data stay yours (here a small CNN defined in this script and an in-memory data
-set); splitc needs only ``import splitc``:
+Your model and data stay yours (here a small CNN defined in this script, and the in-memory data
+set, plain training loop and accuracy of ``examples/own_loop.py``); splitc needs only
+``import splitc``:
 
 1. train the dense network with a plain loop;
 2. ``splitc.SplitNet(..., val=...)`` sees it is trained and reads its groups off the trained
@@ -30,13 +31,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import splitc
+from own_loop import accuracy, make_data, train   # the data, plain loop and accuracy of examples/own_loop.py
 
 
 class Net(nn.Module):
-    def __init__(self, num_classes: int = 8) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
 
         def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -49,37 +51,6 @@ class Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def make_data(per_class: int, classes: int = 8, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """Stands in for your Dataset: each class a smooth colour pattern under noise, 32x32 RGB."""
-    g = torch.Generator().manual_seed(seed)
-    patterns = F.interpolate(torch.randn(classes, 3, 4, 4, generator=g), size=32, mode="bilinear")
-
-    def part(n: int) -> TensorDataset:
-        y = torch.arange(classes).repeat(n)
-        return TensorDataset(patterns[y] + 0.6 * torch.randn(len(y), 3, 32, 32, generator=g), y)
-
-    return part(per_class), part(max(8, per_class // 4))
-
-
-def fit(model: nn.Module, loader: DataLoader, epochs: int, lr: float) -> None:
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader) -> float:
-    model.eval()
-    return sum(int((model(x).argmax(1) == y).sum()) for x, y in loader) / len(loader.dataset)
 
 
 def cli(*args: str) -> str:
@@ -100,13 +71,13 @@ def main() -> None:
     out.mkdir(parents=True)
     epochs, tune = (2, 1) if args.smoke else (8, 3)
     torch.manual_seed(0)
-    train_set, val_set = make_data(per_class=24 if args.smoke else 300)
+    train_set, val_set = make_data(per_class=24 if args.smoke else 300)   # 10 classes
     loader = DataLoader(train_set, batch_size=32, shuffle=True, drop_last=True)
     val = DataLoader(val_set, batch_size=256)
 
     # 1. the dense network, trained as you would anyway
-    model = Net()
-    fit(model, loader, epochs, lr=0.1)
+    model = Net(num_classes=10)
+    train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4), epochs)
     print(f"dense: val {accuracy(model, val):.3f}")
 
     # 2. a one-shot split: the groups read off the trained features when val shows it learned
@@ -118,7 +89,7 @@ def main() -> None:
           f"FLOPs -{report['flops']['reduced_pct']:.1f}%, split vs masked {sp.verify(split):.1e}")
 
     # 3. finetune the split in the same loop, save it, export it
-    fit(split, loader, tune, lr=0.01)
+    train(split, loader, torch.optim.SGD(split.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4), tune)
     print(f"split, finetuned: val {accuracy(split, val):.3f}")
     splitc.save(split, out / "split.splitc")
     manifest = splitc.export(split, out / "onnx", devices="cpu")

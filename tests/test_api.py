@@ -27,6 +27,7 @@ from splitc.learn.grouping import hardened
 from splitc.learn.loop import LearnConfig, learn
 from splitc.learn.optim import schedule_at
 from splitc.passes.harden import harden
+from test_api_inputs import Tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -125,19 +126,6 @@ def test_bad_input_is_one_line() -> None:
         splitc.SplitNet(model, example_inputs=None, steps=10, groups=2, split_from="layer3")
     with pytest.raises(SplitcError, match="pass probe="):
         splitc.SplitNet(model, example_inputs=torch.zeros(1, 3, 32, 32), steps=10, groups=2, split_from="layer3")
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self, num_classes: int = 4) -> None:
-        super().__init__()
-        nn = torch.nn
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.layer3 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                    nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.fc = nn.Linear(32, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(self.layer3(self.stem(x)), 1).flatten(1))
 
 
 def test_a_split_directory_and_its_file_load_into_values_that_export(tmp_path: Path) -> None:

@@ -22,12 +22,14 @@ CLASSES = 4
 
 
 class Tiny(nn.Module):
-    def __init__(self) -> None:
+    """A small CNN with a ``layer3`` to split from (tests/test_api.py uses it too)."""
+
+    def __init__(self, num_classes: int = CLASSES) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.layer3 = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                                     nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
-        self.fc = nn.Linear(32, CLASSES)
+        self.fc = nn.Linear(32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(F.adaptive_avg_pool2d(self.layer3(self.stem(x)), 1).flatten(1))
@@ -148,7 +150,7 @@ def test_probe_and_val_take_datasets_loaders_and_batches() -> None:
     dataset = TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
     for given in (lambda: data, lambda: iter(data), lambda: dataset, lambda: DataLoader(dataset, batch_size=8)):
         sp = splitnet(probe=given(), val=given(), init_groups="cluster-cut")
-        assert len(sp.run.bundle.val) == 32 and len(sp.run.bundle.train_probe) == 32
+        assert len(sp.run.data.val) == 32 and len(sp.run.data.probe) == 32
 
 
 def test_library_warnings_go_through_python_warnings() -> None:

@@ -16,7 +16,7 @@ get their own optimiser, and ``compile`` runs the compiler passes that ``splitc 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -28,39 +28,42 @@ from splitc.compile.verify import verify_value
 from splitc.core.errors import SplitcError
 from splitc.core.naming import ARG
 from splitc.data.batches import accuracy
-from splitc.data.bundle import DataBundle
 from splitc.data.given import given_dataset
-from splitc.graph.analysis import analyse, analysis_warnings
+from splitc.graph.analysis import analysis_warnings
 from splitc.graph.counting import count
-from splitc.graph.scope import make_spec
 from splitc.graph.split_model import SplitModel
-from splitc.learn import schedule
-from splitc.learn.assign import AssignmentSet
-from splitc.learn.config import CUT_INITS, RECIPE_OPTIONS, LearnConfig, check_config, default_init_groups, resolve_start
-from splitc.learn.cut_groups import check_flat
+from splitc.learn.config import RECIPE_OPTIONS, LearnConfig, check_config
 from splitc.learn.grouping import cut_shares, hardened, warn
 from splitc.learn.health import chance_warning, near_chance
-from splitc.learn.optim import make_optimizers
 from splitc.learn.session import SplitSession
-from splitc.learn.state import LearnRun
+from splitc.learn.setup import build_run
+from splitc.learn.state import RunData
 
 
 class SplitNet(SplitSession):
     """Learn to split ``model`` while the caller trains it (see the module docstring).
 
-    ``steps``: the optimiser steps the caller will take (the phases are placed in them);
-    ``probe``: training images (a DataLoader or Dataset, ideally without augmentation) whose
-    class means group the classes (the default ``cluster-cut``); ``val``: validation data, for the
-    adaptive warm-up and the near-chance warning; ``trained``: the model starts trained (the
-    trained-start recipe: no warm-up); by default measured on ``val`` when given. Other keywords
-    are :class:`~splitc.learn.config.LearnConfig`'s (``lr`` is the caller's, which sets the
-    assignments' rate; ``init_groups``, ``assign``, ``gamma_w``, ...)."""
+    ``example_inputs``: one batch of inputs (its shape without the batch is the input size);
+    ``steps``: the optimiser steps the caller will take (the phases are placed in them); the
+    scope: ``groups`` (an int, or a tuple per level), and one of ``split_from`` (a module name,
+    or a tuple per level), ``split_depth`` or ``preset``; ``probe``: training images whose class
+    means group the classes (the default ``cluster-cut``); ``val``: validation images, for the
+    adaptive warm-up and the near-chance warning (each a Dataset of ``(image, label)``, a
+    DataLoader, or any iterable of ``(x, y)`` batches); ``trained``: the model starts trained
+    (the trained-start recipe: the groups committed at once, so ``compile()`` right away is the
+    one-shot split); by default measured on ``val`` when given. The other keywords are the
+    recipe's options (:data:`~splitc.learn.config.RECIPE_OPTIONS`, typed as in
+    :class:`~splitc.learn.config.LearnConfig`: ``init_groups``, ``assign``, ``gamma_w``, ...;
+    ``lr`` is the caller's learning rate, which sets the assignments' rate). A wrong argument is
+    one SplitcError line naming it, here, before any training."""
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, steps: int, groups: str | int | None = None,
-                 split_from: str | None = None, split_depth: str | int | None = None, preset: str | None = None,
-                 probe: DataLoader | Dataset | None = None, val: DataLoader | Dataset | None = None,
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, steps: int,
+                 groups: int | tuple[int, ...] | None = None, split_from: str | tuple[str, ...] | None = None,
+                 split_depth: int | tuple[int, ...] | None = None, preset: str | None = None,
+                 probe: Dataset | DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 val: Dataset | DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                  steps_per_epoch: int | None = None, trained: bool | None = None,
-                 class_names: list[str] | None = None, seed: int = 0, **options: Any) -> None:
+                 class_names: Sequence[str] | None = None, seed: int = 0, **options: Any) -> None:
         check_arguments(model, example_inputs, steps=steps, groups=groups, split_from=split_from,
                         split_depth=split_depth, preset=preset, steps_per_epoch=steps_per_epoch, trained=trained,
                         class_names=class_names, seed=seed, options=options)
@@ -69,40 +72,21 @@ class SplitNet(SplitSession):
         classes = _num_classes(model, example_inputs)
         if class_names is not None and len(class_names) != classes:
             raise SplitcError(f"class_names= has {len(class_names)} names; the model has {classes} classes.")
-        probe_set, val_set = given_dataset(probe, "probe", size, classes), given_dataset(val, "val", size, classes)
-        name = f"{type(model).__module__}:{type(model).__qualname__}"
-        config = LearnConfig(model=name, data=None, groups=groups, split_from=split_from, split_depth=split_depth,
-                             preset=preset, max_steps=steps, seed=seed, device=str(device), out=None, **options)
+        data = RunData(tuple(class_names or map(str, range(classes))), given_dataset(val, "val", size, classes),
+                       given_dataset(probe, "probe", size, classes))
+        config = LearnConfig(model=f"{type(model).__module__}:{type(model).__qualname__}", data=None, out=None,
+                             groups=groups, split_from=split_from, split_depth=split_depth, preset=preset,
+                             max_steps=steps, seed=seed, device=str(device), **options)
         check_config(config, ARG)
         start_acc = None
-        if trained is None and val_set is not None:   # measured only to decide (an evaluation draws from the RNG)
-            start_acc = accuracy(model, val_set, device)
-        if trained is None:
-            trained = start_acc is not None and not near_chance(start_acc, classes, len(val_set))
-        config = resolve_start(config, trained)
-        if val_set is None and config.warmup == "adaptive":
-            config = replace(config, warmup="fixed")   # the adaptive warm-up decides on validation accuracy
-        analysis = analyse(name, make_spec(config.groups, config.split_from, config.split_depth, preset, names=ARG),
-                           classes, size, model=model, names=ARG)
-        config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
-        if config.init_groups in CUT_INITS:
-            check_flat(analysis.scope)
-            if probe_set is None:
-                raise SplitcError(f"init_groups {config.init_groups} groups the classes by their features: pass "
-                                  "probe= (training images, a DataLoader or Dataset), or init_groups='learned'.")
-        aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=seed).to(device)
-        optimizers = {k: v for k, v in make_optimizers(config, analysis.gm, aset).items() if k != "weights"}
+        if trained is None and data.val is not None:   # measured only to decide (an evaluation draws from the RNG)
+            start_acc = accuracy(model, data.val, device)
+            trained = not near_chance(start_acc, classes, len(data.val))
         per_epoch = steps_per_epoch or (len(probe) if isinstance(probe, DataLoader) and _sized(probe) else steps)
-        floor, cap = schedule.warmup_bounds(config.warmup_epochs, per_epoch, steps, config.warmup == "adaptive")
-        if val_set is None and "warmup_epochs" not in options:   # no validation to end it: at most the cap share
-            floor = cap = min(floor, round(schedule.WARMUP_CAP_SHARE * steps))
-        bundle = DataBundle(probe_set, val_set, tuple(class_names or map(str, range(classes))), None, None, size,
-                            "api", probe_set)
-        run = LearnRun(config, analysis, bundle, aset, optimizers, device, None, per_epoch, steps, cap,
-                       round(config.soft_epochs * per_epoch), floor, start_val_acc=start_acc)
+        run = build_run(config, model, data, size, steps_per_epoch=per_epoch, trained=bool(trained),
+                        start_val_acc=start_acc, train_weights=False, names=ARG)
         super().__init__(run)
-        run.session = self
-        for line in analysis_warnings(analysis):
+        for line in analysis_warnings(run.analysis):
             warn(run, line)
         self.start()
 
@@ -114,11 +98,11 @@ class SplitNet(SplitSession):
     def finish(self) -> float | None:
         """Validation accuracy at the end (with ``val``), with learn's near-chance warning."""
         run = self.run
-        if run.bundle.val is None:
+        if run.data.val is None:
             return None
-        acc = accuracy(run.analysis.gm, run.bundle.val, run.device)
-        if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
-            warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val), "at the end of the run"))
+        acc = accuracy(run.analysis.gm, run.data.val, run.device)
+        if near_chance(acc, run.data.num_classes, len(run.data.val)):
+            warn(run, chance_warning(acc, run.data.num_classes, len(run.data.val), "at the end of the run"))
         return acc
 
     def compile(self) -> SplitModel:
@@ -131,7 +115,7 @@ class SplitNet(SplitSession):
         if not run.probed:
             warn(run, f"compiled at step {run.step}, still in the warm-up (it ends at step {run.warmup_steps}): the "
                       "regularizers never ran, so the groups are the random start; give SplitNet the steps you train")
-        return build_split(run.analysis, hardened(run), list(run.bundle.class_names), {"assign": run.config.assign})
+        return build_split(run.analysis, hardened(run), list(run.data.class_names), {"assign": run.config.assign})
 
     def verify(self, split: SplitModel, batches: int = 3) -> float:
         """The largest relative error of ``split`` against its masked reference on fresh random

@@ -40,37 +40,37 @@ def end_warmup(run: LearnRun) -> None:
     run.probed = True
     if run.ranks.main and run.run_dir is not None:
         run.teacher_sha256 = save_teacher(run.analysis.gm, run.run_dir)
-    if run.bundle.val is not None and (run.val_history or run.config.warmup == "adaptive"):
+    if run.data.val is not None and (run.val_history or run.config.warmup == "adaptive"):
         acc = run.val_history[-1] if run.val_history and run.step % run.steps_per_epoch == 0 else evaluate(run)
-        if near_chance(acc, run.bundle.num_classes, len(run.bundle.val)):
-            warn(run, chance_warning(acc, run.bundle.num_classes, len(run.bundle.val),
+        if near_chance(acc, run.data.num_classes, len(run.data.val)):
+            warn(run, chance_warning(acc, run.data.num_classes, len(run.data.val),
                                      f"at the end of the warm-up (step {run.step})"))
-    wanted = run.bundle.superclass_of is not None or run.config.init_groups != "learned"
+    wanted = run.data.superclass_of is not None or run.config.init_groups != "learned"
     if not wanted or ir.class_space not in run.aset:
         return
     levels = class_space_levels(scope, ir)
     by_classifier = run.config.init_groups == "classifier-cut"   # the authors' practice: the classifier's rows
-    if run.bundle.superclass_of is not None or not by_classifier:  # the split-input class means: used or reported
-        dataset = run.bundle.train_probe if run.bundle.train_probe is not None else run.bundle.train
-        means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.bundle.num_classes, run.device)
+    if run.data.superclass_of is not None or not by_classifier:  # the split-input class means: used or reported
+        dataset = run.data.probe
+        means = split_input_class_means(run.analysis.gm, ir, scope, dataset, run.data.num_classes, run.device)
         features = cluster_classes(means, levels, seed=run.config.seed)
         run.feature_groups = tuple(int(g) for g in features)
-        run.feature_ari = superclass_ari(run.bundle.superclass_of, features)
+        run.feature_ari = superclass_ari(run.data.superclass_of, features)
     labels = (cluster_classes(classifier_rows(run.analysis.gm, ir), levels, seed=run.config.seed)
               if by_classifier else features)
     energy = cluster_classes(classifier_energy(run.analysis.gm, ir), levels, seed=run.config.seed)
-    run.energy_ari = superclass_ari(run.bundle.superclass_of, energy)
+    run.energy_ari = superclass_ari(run.data.superclass_of, energy)
     if run.config.init_groups == "cluster":
         init_class_assignment(run.aset, ir, labels)
     elif run.config.init_groups in CUT_INITS:
         commit_cut_groups(run, labels)
-        if run.bundle.val is not None:
+        if run.data.val is not None:
             run.oneshot_val_acc = masked_val_acc(run)   # the start cut at once: a one-shot split
     log_record(run, {"kind": "warmup_end", "step": run.step, "feature_ari": run.feature_ari,
                "classifier_energy_ari": run.energy_ari,
                "feature_groups": (None if run.feature_groups is None
-                                  else dict(zip(run.bundle.class_names, run.feature_groups))),
-               "class_groups_start": dict(zip(run.bundle.class_names, (int(g) for g in labels))),
+                                  else dict(zip(run.data.class_names, run.feature_groups))),
+               "class_groups_start": dict(zip(run.data.class_names, (int(g) for g in labels))),
                "init_groups": run.config.init_groups})
 
 
@@ -93,7 +93,7 @@ def cut_shares(run: LearnRun) -> dict[str, float]:
 
 def evaluate(run: LearnRun, model: torch.nn.Module | None = None) -> float:
     """Validation accuracy of the dense model, or of ``model`` (the masked one)."""
-    return run.ranks.broadcast(accuracy(model if model is not None else run.analysis.gm, run.bundle.val, run.device))
+    return run.ranks.broadcast(accuracy(model if model is not None else run.analysis.gm, run.data.val, run.device))
 
 
 def masked_val_acc(run: LearnRun) -> float | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +35,32 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from splitc.learn import schedule
-from splitc.graph import zoo
-from splitc.graph.analysis import analyse, analysis_warnings
-from splitc.learn.assign import AssignmentSet
+from splitc.core.errors import SplitcError, SplitcNote
+from splitc.core.files import TEACHER
+from splitc.core.outputs import atomic_write_text, fresh
 from splitc.data.batches import epoch_loader
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
-from splitc.core.errors import SplitcError, SplitcNote
+from splitc.graph import zoo
+from splitc.graph.analysis import analysis_warnings
 from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the public API lives here too)
     ASSIGNMENT,
     CHECKPOINT,
     REPORT_OVERLAP,
     LearnConfig,
     LearnResult,
-    CUT_INITS,
     check_config,
-    default_init_groups,
-    resolve_start,
 )
-from splitc.learn.cut_groups import check_flat
 from splitc.learn.groups import class_groups, space_report, superclass_ari
 from splitc.learn.grouping import cut_shares, evaluate, masked_val_acc, warn
-from splitc.learn.session import SplitSession, train_acc
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
-from splitc.learn.optim import lr_ramp_steps, make_optimizers, schedule_at
+from splitc.learn.optim import lr_ramp_steps, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
-from splitc.core.files import TEACHER
+from splitc.learn.session import SplitSession, train_acc
+from splitc.learn.setup import build_run
 from splitc.learn.start import build_start, save_teacher
-from splitc.learn.state import LearnRun, identity, log_record, restore_run, save_run
-from splitc.core.outputs import atomic_write_text, fresh
-from splitc.graph.scope import make_spec
+from splitc.learn.state import LearnRun, RunData, identity, log_record, restore_run, save_run
+
 
 def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> LearnResult:
     """Train weights and assignments; write checkpoint, metrics and assignment.json under ``out``.
@@ -74,6 +68,9 @@ def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> 
     if config.resume and config.force:
         raise SplitcError("--resume continues the run in --out and --force replaces it; pass one of them.")
     check_config(config)
+    if config.out is None or config.data is None:
+        raise SplitcError("learn reads a data set and writes a run directory: give it data= and out= "
+                          "(inside your own loop, splitc.SplitNet needs neither).")
     if config.nproc != ranks.world:
         raise SplitcError(f"--nproc {config.nproc} needs {config.nproc} ranks: run it through `splitc learn` "
                           "or splitc.learn.dist.learn_entry, which start them.")
@@ -95,31 +92,19 @@ def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> 
 
 
 def _setup(config: LearnConfig, ranks: Ranks = SINGLE) -> LearnRun:
-    """Data, model, assignments and optimizers, all seeded so that two runs are identical."""
+    """Data, model and its start, then the run (:func:`splitc.learn.setup.build_run`), all
+    seeded so that two runs are identical."""
     torch.manual_seed(config.seed)
     bundle = load_data(config.data, config.input_size or pick_input_size(config), seed=config.seed,
                        flip=config.flip, normalize=config.normalize)
-    device = torch.device(config.device)
-    spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model)
-    start = build_start(config.model, config.weights, bundle, device)
-    config = resolve_start(config, start.trained)
-    analysis = analyse(config.model, spec, bundle.num_classes, bundle.input_size, model=start.model)
-    config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
-    if config.init_groups in CUT_INITS:
-        check_flat(analysis.scope)
-    analysis.gm.to(device)
-    aset = AssignmentSet.create(analysis.ir, analysis.scope, config.assign, seed=config.seed).to(device)
-    steps_per_epoch = max(1, len(bundle.train) // (config.batch_size * ranks.world))
-    total = schedule.total_steps(config.epochs, config.max_steps, steps_per_epoch)
-    floor, cap = schedule.warmup_bounds(config.warmup_epochs, steps_per_epoch, total, config.warmup == "adaptive")
-    soft = round(config.soft_epochs * steps_per_epoch)
-    run = LearnRun(config, analysis, bundle, aset, make_optimizers(config, analysis.gm, aset), device,
-                    Path(config.out), steps_per_epoch, total, cap, soft, floor, ranks=ranks,
-                    start_val_acc=start.val_acc, start_notes=start.notes,
-                    weights=None if start.weights is None else {"source": start.weights.source,
-                                                                "path": start.weights.path,
-                                                                "sha256": start.weights.sha256})
-    run.session = SplitSession(run)
+    start = build_start(config.model, config.weights, bundle, torch.device(config.device))
+    weights = None if start.weights is None else {"source": start.weights.source, "path": start.weights.path,
+                                                  "sha256": start.weights.sha256}
+    run = build_run(config, start.model, RunData.of(bundle), bundle.input_size,
+                    steps_per_epoch=max(1, len(bundle.train) // (config.batch_size * ranks.world)),
+                    trained=start.trained, start_val_acc=start.val_acc, start_notes=start.notes, weights=weights,
+                    run_dir=Path(config.out), ranks=ranks, train=bundle.train)
+    SplitSession(run)
     return run
 
 
@@ -134,7 +119,7 @@ def pick_input_size(config: LearnConfig) -> tuple[int, int, int] | None:
 
 
 def _epoch_loader(run: LearnRun, epoch: int, skip: int) -> DataLoader:
-    return epoch_loader(run.bundle.train, run.config.seed, epoch, run.config.batch_size * run.ranks.world,
+    return epoch_loader(run.train, run.config.seed, epoch, run.config.batch_size * run.ranks.world,
                         run.steps_per_epoch, skip)   # the global batch; each rank trains on its shard
 
 
@@ -168,7 +153,7 @@ def _train_step(run: LearnRun, x: torch.Tensor, y: torch.Tensor) -> dict[str, An
     logits = gm(x)
     ce = F.cross_entropy(logits, y)
     loss = ce + session.regularizer()
-    regs, regs_on, gamma_d = session.last["regs"], session.last["regs_on"], session.last["gamma_d"]
+    regs, regs_on, gamma_d = session.last.regs, session.last.on, session.last.gamma_d
     if regs_on and run.grad_share is None:
         run.grad_share = gradient_share(gm, ce, run.config.gamma_w * regs["R_W"])
         log_record(run, {"kind": "grad_share", "step": run.step, **run.grad_share})
@@ -230,14 +215,14 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     shares = cut_shares(run)
     masked_acc = (run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None   # the cut, untouched
                   else masked_val_acc(run) if run.aset.by_space else None)
-    classes, n_val = run.bundle.num_classes, len(run.bundle.val)
+    classes, n_val = run.data.num_classes, len(run.data.val)
     learned = not near_chance(val_acc, classes, n_val)
     if not learned:
         warn(run, chance_warning(val_acc, classes, n_val, "at the end of the run"))
-    mapping = class_groups(run.aset, run.analysis.ir, run.bundle.class_names)
-    ari = superclass_ari(run.bundle.superclass_of, None if mapping is None else list(mapping.values()))
+    mapping = class_groups(run.aset, run.analysis.ir, run.data.class_names)
+    ari = superclass_ari(run.data.superclass_of, None if mapping is None else list(mapping.values()))
     features = (None if run.feature_groups is None
-                else dict(zip(run.bundle.class_names, run.feature_groups)))
+                else dict(zip(run.data.class_names, run.feature_groups)))
     doc = {**identity(run), "steps": run.step, "spaces": spaces, "class_groups": mapping,
            "superclass_ari": ari, "feature_ari": run.feature_ari, "feature_groups": features,
            "classifier_energy_ari": run.energy_ari, "cut_energy": shares, "masked_val_acc": masked_acc,

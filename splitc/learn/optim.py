@@ -43,12 +43,15 @@ from splitc.learn.config import LearnConfig
 ADAM_EPS = 1e-12  # far below the smallest assignment gradients, so Adam's step stays scale-free
 
 
-def make_optimizers(config: LearnConfig, model: nn.Module, aset: AssignmentSet) -> dict[str, torch.optim.Optimizer]:
-    """Weights: SGD with momentum and weight decay. Assignments: ``lr * assign_lr_mult`` and no
-    decay (decay would pull softmax logits back to the uniform point); none for ``random``."""
-    weights = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
-                              weight_decay=config.weight_decay)
-    opts: dict[str, torch.optim.Optimizer] = {"weights": weights}
+def make_optimizers(config: LearnConfig, model: nn.Module, aset: AssignmentSet,
+                    weights: bool = True) -> dict[str, torch.optim.Optimizer]:
+    """Weights (unless ``weights`` is False: the caller's loop owns them): SGD with momentum and
+    weight decay. Assignments: ``lr * assign_lr_mult`` and no decay (decay would pull softmax
+    logits back to the uniform point); none for ``random``."""
+    opts: dict[str, torch.optim.Optimizer] = {}
+    if weights:
+        opts["weights"] = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
+                                          weight_decay=config.weight_decay)
     params = list(aset.parameters())
     rate = config.lr * config.assign_lr_mult
     if params and config.assign == "reduced-gradient":

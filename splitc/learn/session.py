@@ -16,7 +16,7 @@ in :mod:`splitc.learn.schedule`; what happens at the end of the warm-up in
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,12 +29,23 @@ from splitc.learn.state import LearnRun, freeze_space, log_record
 from splitc.passes.harden import fuzzy_nodes
 
 
+@dataclass(frozen=True)
+class StepTerms:
+    """What :meth:`SplitSession.regularizer` added at the last step: the unweighted terms
+    (``R_W``, ``R_D``, ``R_E``; none in the warm-up), whether they were on, and γ_D then."""
+
+    regs: dict[str, torch.Tensor] = field(default_factory=dict)
+    on: bool = False
+    gamma_d: float = 0.0
+
+
 class SplitSession:
     """What the recipe holds between steps: the run state, and the last regularizer terms."""
 
     def __init__(self, run: LearnRun) -> None:
         self.run = run
-        self.last: dict[str, Any] = {"regs": {}, "regs_on": False, "gamma_d": 0.0}
+        self.last = StepTerms()
+        run.session = self
 
     @property
     def phase(self) -> str:
@@ -52,13 +63,13 @@ class SplitSession:
         """The weighted regularizers at this step, to add to the task loss (a zero in the warm-up)."""
         run = self.run
         if not self.regs_on:
-            self.last = {"regs": {}, "regs_on": False, "gamma_d": 0.0}
+            self.last = StepTerms()
             return torch.zeros((), device=run.device)
         cfg = run.config
         regs = splitnet_regularizers(run.analysis.gm, run.analysis.ir, run.analysis.scope, run.aset)
         gamma_d = disjoint_weight(run.step, run.warmup_steps, run.soft_steps, run.total_steps,
                                   cfg.gamma_d, cfg.gamma_d_end, cfg.gamma_d_rise)
-        self.last = {"regs": regs, "regs_on": True, "gamma_d": gamma_d}
+        self.last = StepTerms(regs, True, gamma_d)
         return splitnet_loss(torch.zeros((), device=run.device), regs, (cfg.gamma_w * run.rw_scale, gamma_d, cfg.gamma_e))
 
     def start(self) -> None:
@@ -99,7 +110,7 @@ def train_acc(run: LearnRun) -> float:
 def _epoch_end(run: LearnRun, phase: str) -> None:
     """Validation (when the run has a validation split), γ_W's boost while clearing, the
     adaptive warm-up's decision."""
-    if run.bundle.val is not None:
+    if run.data.val is not None:
         run.val_history.append(evaluate(run))
     cut = cut_shares(run).get("total")
     log_record(run, {"kind": "epoch", "epoch": run.step // run.steps_per_epoch - 1, "step": run.step,
@@ -113,10 +124,10 @@ def _epoch_end(run: LearnRun, phase: str) -> None:
 
 def _decide_warmup(run: LearnRun) -> None:
     """At an epoch end of an adaptive warm-up: end it now if the network has trained."""
-    if run.config.warmup != "adaptive" or run.probed or run.step >= run.warmup_steps or run.bundle.val is None:
+    if run.config.warmup != "adaptive" or run.probed or run.step >= run.warmup_steps or run.data.val is None:
         return
     if schedule.warmup_done(run.step, run.warmup_floor, run.warmup_steps, run.val_history,
-                            run.bundle.num_classes, len(run.bundle.val)):
+                            run.data.num_classes, len(run.data.val)):
         run.warmup_steps = run.step
 
 

@@ -8,26 +8,49 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from splitc.graph.analysis import Analysis
 from splitc.learn.assign import AssignmentSet
 from splitc.core.checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
-from splitc.data.loaders import DataBundle
 from splitc.core.errors import SplitcError
 from splitc.learn.config import CHECKPOINT, METRICS, LearnConfig
 from splitc.learn.ranks import SINGLE, Ranks
 
+@dataclass(frozen=True)
+class RunData:
+    """What the recipe reads of the data: validation (the adaptive warm-up, the near-chance
+    warning), the probe images whose class means group the classes, the class names and, where
+    the data has them, superclasses (the ARIs)."""
+
+    class_names: tuple[str, ...]
+    val: Dataset | None = None
+    probe: Dataset | None = None                  # training images, ideally without augmentation
+    superclass_of: tuple[int, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @staticmethod
+    def of(bundle: Any) -> RunData:
+        """From a loaded data set (``splitc.data``'s DataBundle)."""
+        probe = bundle.train_probe if bundle.train_probe is not None else bundle.train
+        return RunData(tuple(bundle.class_names), bundle.val, probe, bundle.superclass_of)
+
+
 @dataclass
 class LearnRun:
-    """Everything the loop mutates, kept together so helpers stay short."""
+    """Everything the loop mutates, kept together so helpers stay short (built by
+    :func:`splitc.learn.setup.build_run`)."""
 
     config: LearnConfig
     analysis: Analysis
-    bundle: DataBundle
+    data: RunData
     aset: AssignmentSet
-    optimizers: dict[str, torch.optim.Optimizer]
+    optimizers: dict[str, torch.optim.Optimizer]   # "weights" only where the run trains them (learn)
     device: torch.device
-    run_dir: Path
+    run_dir: Path | None                       # None: a run that keeps no files (splitc.SplitNet)
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int                          # the cap until an adaptive warm-up ends, then its end
@@ -55,6 +78,7 @@ class LearnRun:
     oneshot_val_acc: float | None = None       # the start cut at once by the committed groups
     teacher_sha256: str | None = None          # teacher.safetensors, written when the regularizers start
     session: Any = None                        # the recipe driving this run (learn.session.SplitSession)
+    train: Dataset | None = None               # what learn's own loop trains on (SplitNet: the caller's loop)
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
