@@ -84,6 +84,7 @@ SPLITNET_CASES = {
     "assign": {"assign": "soft"},
     "init_groups": {"init_groups": "kmeans"},
     "commit": {"commit": "no"},
+    "init_groups ": {"groups": (2, 4), "split_from": ("stem", "layer3"), "init_groups": "cluster-cut"},
 }
 
 
@@ -118,6 +119,7 @@ def test_save_load_export_refuse_in_one_line(split_dir: Path, tmp_path: Path) ->
         (lambda: splitc.export(Tiny(), tmp_path / "onnx"), "not Tiny .*SplitNet"),
         (lambda: splitc.export(tmp_path / "missing", tmp_path / "onnx"), "does not exist"),
         (lambda: splitc.export(split, 3), "out="),
+        (lambda: splitc.export(split, split_dir), "pass force=True"),
         (lambda: splitc.export(split, tmp_path / "onnx", devices=3), "devices="),
         (lambda: splitc.export(split, tmp_path / "onnx", force="yes"), "force="),
         (lambda: splitc.export(split, tmp_path / "onnx", lower="no"), "lower="),

@@ -102,7 +102,7 @@ class SplitNet(SplitSession):
             return None
         acc = accuracy(run.analysis.gm, run.data.val, run.device)
         if near_chance(acc, run.data.num_classes, len(run.data.val)):
-            warn(run, chance_warning(acc, run.data.num_classes, len(run.data.val), "at the end of the run"))
+            warn(run, chance_warning(acc, run.data.num_classes, len(run.data.val), "at the end of the run", cli=False))
         return acc
 
     def compile(self) -> SplitModel:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from splitc.core.errors import SplitcError
+from splitc.core.naming import FLAG, Naming
 
 
 def held_file(path: Path) -> Path | None:
@@ -32,25 +33,27 @@ def held_file(path: Path) -> Path | None:
     return None
 
 
-def claim(out: str | os.PathLike, force: bool, option: str = "--out", resume: bool = False,
-          is_dir: bool = True) -> Path:
+def claim(out: str | os.PathLike, force: bool, option: str | None = None, resume: bool = False,
+          is_dir: bool = True, names: Naming = FLAG) -> Path:
     """Check that ``out`` may be written: missing, empty, or ``force``. Raises a one-line
-    SplitcError naming what it holds otherwise."""
+    SplitcError naming what it holds otherwise; ``option`` names ``out`` (default ``--out``, or
+    ``out=`` with ``names`` ARG, as the library's callers write it)."""
     path = Path(out)
+    option = option or names("out")
     if is_dir and path.exists() and not path.is_dir():
         raise SplitcError(f"{option} {path} is a file; pass a directory.")
     if not is_dir and path.is_dir():
         raise SplitcError(f"{option} {path} is a directory; pass a file name.")
     held = held_file(path)
     if held is not None and not force:
-        also = "--resume to continue that run, " if resume else ""
-        raise SplitcError(f"{held} already exists (the output of an earlier run); pass {also}--force "
+        also = f"{names.switch('resume')} to continue that run, " if resume else ""
+        raise SplitcError(f"{held} already exists (the output of an earlier run); pass {also}{names.switch('force')} "
                           f"to replace {path} as a whole, or choose another {option}.")
     return path
 
 
 @contextmanager
-def replacing(out: str | os.PathLike, force: bool, option: str = "--out",
+def replacing(out: str | os.PathLike, force: bool, option: str | None = None,
               is_dir: bool = True) -> Iterator[Path]:
     """Claim ``out`` and yield it; with ``force`` the old output is set aside first and deleted
     only once the body succeeded (restored if it raised)."""
@@ -81,7 +84,7 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def fresh(out: str | os.PathLike, force: bool, option: str = "--out", resume: bool = False) -> Path:
+def fresh(out: str | os.PathLike, force: bool, option: str | None = None, resume: bool = False) -> Path:
     """For commands that write as they go (``learn``): claim ``out`` and, with ``force``, delete
     what it held (renamed aside first, so the folder is never half old, half new)."""
     path = claim(out, force, option, resume=resume)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from splitc.compile.split_dir import SUFFIX, load, save_split
 from splitc.core.errors import SplitcError
+from splitc.core.naming import ARG
 from splitc.core.outputs import claim, replacing
 from splitc.deploy.export import export_split
 from splitc.deploy.manifest import Manifest
@@ -25,13 +26,14 @@ def export(split: SplitModel | str | os.PathLike, out: str | os.PathLike, device
     """Export ``split`` (a split value, a ``.splitc`` file from ``splitc.save`` or a split
     directory) into ``out``; ``devices`` as ``splitc export --devices`` (``"cuda:0,cuda:1"``)."""
     check_export_args(split, out, devices, force, lower)
+    claim(out, force, names=ARG)   # said in the caller's words, before any work
     if not isinstance(split, SplitModel):
         path = Path(split)
         if path.is_dir():
             return export_split(path, out, devices, force=force, lower=lower)[0]
         split = load(path)
     folder = Path(f"{Path(out).resolve()}.split")
-    claim(folder, force)
+    claim(folder, force, names=ARG)
     with replacing(folder, force):
         save_split(folder, split)
     return export_split(folder, out, devices, force=force, lower=lower)[0]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from splitc.core.errors import SplitcError
+from splitc.core.naming import FLAG, Naming
 from splitc.graph.channel_ir import ChannelIR
 from splitc.graph.scope import Scope
 from splitc.learn.assign import cut_weight
@@ -36,11 +37,12 @@ from splitc.learn.regularizers import weight_energy_matrix
 from splitc.learn.schedule import balanced_argmax
 
 
-def check_flat(scope: Scope) -> None:
+def check_flat(scope: Scope, init: str = "cluster-cut", names: Naming = FLAG) -> None:
     """Channel groups are read at one level; a hierarchical scope would need them per level."""
     if len(set(scope.level_of.values())) > 1:
-        raise SplitcError("--init-groups cluster-cut needs a one-level split (e.g. --groups 4); "
-                          "for a hierarchy such as --groups 2,4 use --init-groups cluster.")
+        groups = names("groups")
+        raise SplitcError(f"{names('init_groups')} {init} needs a one-level split (e.g. {groups} 4); for a "
+                          f"hierarchy such as {groups} 2,4 use {names('init_groups')} cluster.")
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ def end_warmup(run: LearnRun) -> None:
         acc = run.val_history[-1] if run.val_history and run.step % run.steps_per_epoch == 0 else evaluate(run)
         if near_chance(acc, run.data.num_classes, len(run.data.val)):
             warn(run, chance_warning(acc, run.data.num_classes, len(run.data.val),
-                                     f"at the end of the warm-up (step {run.step})"))
+                                     f"at the end of the warm-up (step {run.step})", run.names.cli))
     wanted = run.data.superclass_of is not None or run.config.init_groups != "learned"
     if not wanted or ir.class_space not in run.aset:
         return

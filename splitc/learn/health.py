@@ -32,9 +32,12 @@ def near_chance(accuracy: float, num_classes: int, n_val: int) -> bool:
     return accuracy < learned_threshold(num_classes, n_val)
 
 
-def chance_warning(accuracy: float, num_classes: int, n_val: int, when: str) -> str:
-    """The one warning line, with the fix."""
+def chance_warning(accuracy: float, num_classes: int, n_val: int, when: str, cli: bool = True) -> str:
+    """The one warning line, with the fix (``cli``: in the command line's words, else in a
+    training loop's: ``splitc.SplitNet``)."""
+    fix = ("Train longer (--epochs / --max-steps), check the data and --input-size, or lower --lr." if cli else
+           "Train longer (and give SplitNet those steps=), check the data and example_inputs, or lower the "
+           "learning rate.")
     return (f"validation accuracy {accuracy:.3f} {when} is near chance ({chance_level(num_classes):.3f} for "
             f"{num_classes} classes; needs >= {learned_threshold(num_classes, n_val):.3f}): the network has not "
-            "learned, so its groups are noise. Train longer (--epochs / --max-steps), check the data and "
-            "--input-size, or lower --lr.")
+            f"learned, so its groups are noise. {fix}")

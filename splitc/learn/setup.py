@@ -49,7 +49,7 @@ def build_run(config: LearnConfig, model: nn.Module, data: RunData, input_size: 
     analysis = analyse(config.model, spec, data.num_classes, tuple(input_size), model=model, names=names)
     config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
     if config.init_groups in CUT_INITS:
-        check_flat(analysis.scope)
+        check_flat(analysis.scope, config.init_groups, names)
         if data.probe is None:
             raise SplitcError(f"{names('init_groups')} {config.init_groups} groups the classes by their features: pass "
                               "probe= (training images, a DataLoader or Dataset), or init_groups='learned'.")
@@ -64,4 +64,4 @@ def build_run(config: LearnConfig, model: nn.Module, data: RunData, input_size: 
                     optimizers=make_optimizers(config, analysis.gm, aset, weights=train_weights), device=device,
                     run_dir=run_dir, steps_per_epoch=steps_per_epoch, total_steps=total, warmup_steps=cap,
                     soft_steps=round(config.soft_epochs * steps_per_epoch), warmup_floor=floor, ranks=ranks,
-                    train=train, start_val_acc=start_val_acc, start_notes=start_notes, weights=weights)
+                    train=train, start_val_acc=start_val_acc, start_notes=start_notes, weights=weights, names=names)

@@ -14,6 +14,7 @@ from splitc.graph.analysis import Analysis
 from splitc.learn.assign import AssignmentSet
 from splitc.core.checkpoint import append_metrics, load_checkpoint, save_checkpoint, trim_metrics
 from splitc.core.errors import SplitcError
+from splitc.core.naming import FLAG, Naming
 from splitc.learn.config import CHECKPOINT, METRICS, LearnConfig
 from splitc.learn.ranks import SINGLE, Ranks
 
@@ -79,6 +80,7 @@ class LearnRun:
     teacher_sha256: str | None = None          # teacher.safetensors, written when the regularizers start
     session: Any = None                        # the recipe driving this run (learn.session.SplitSession)
     train: Dataset | None = None               # what learn's own loop trains on (SplitNet: the caller's loop)
+    names: Naming = FLAG                       # how messages name options: --flags (learn) or args= (SplitNet)
 
 
 def log_record(run: LearnRun, record: dict[str, Any]) -> None:
