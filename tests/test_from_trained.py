@@ -155,3 +155,25 @@ def test_splitnet_from_a_trained_model_compiles_the_one_shot_split_at_once(train
     split = sp.compile()
     assert sp.verify(split) < 1e-4
     assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(sp.run.oneshot_val_acc, abs=0.02)
+
+
+def test_a_split_from_trained_weights_finetunes_the_shorter_default(from_trained, tmp_path: Path) -> None:
+    from splitc.compile.finetune_loop import DEFAULT_EPOCHS, default_epochs
+    split = Path(shutil.copytree(from_trained[1], tmp_path / "split"))
+    meta = json.loads((split / "split.json").read_text())
+    assert meta["trained_start"] is True
+    assert default_epochs(FinetuneConfig(str(split)), meta) == DEFAULT_EPOCHS["trained"] < DEFAULT_EPOCHS["scratch"]
+    assert default_epochs(FinetuneConfig(str(split)), {**meta, "trained_start": False}) == DEFAULT_EPOCHS["scratch"]
+    assert default_epochs(FinetuneConfig(str(split), epochs=7), meta) == 7
+
+
+def test_a_hierarchy_from_trained_weights_learns_its_groups_first(trained, tmp_path: Path) -> None:
+    from splitc.learn.config import TRAINED_HIERARCHY_EPOCHS
+    base = LearnConfig(model="resnet20", data=DATA, groups="2,2", split_from="layer2,layer3", weights=str(trained[0]),
+                       batch_size=64, max_steps=None, out=str(tmp_path / "run"))
+    with pytest.raises(SplitcError, match="--epochs 0 .*hierarchy"):
+        learn(replace(base, epochs=0), progress=False)
+    result = learn(base, progress=False)
+    assert any("a hierarchy has no one-shot split" in w for w in result.warnings)
+    per_epoch = len(load_data(DATA).train) // 64
+    assert result.steps == TRAINED_HIERARCHY_EPOCHS * per_epoch

@@ -326,7 +326,8 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
 @main.command()
 @click.argument("split_dir")
 @click.option("--data", default="synthetic", show_default=True, help="The data the run learned on.")
-@click.option("--epochs", type=AT_LEAST_ONE, default=None)
+@click.option("--epochs", type=AT_LEAST_ONE, default=None,
+              help="Default 10, or 4 for a split cut from trained --weights (its teacher already trained).")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=AT_LEAST_ONE, default=None)
 @click.option("--lr", type=POSITIVE, default=None)

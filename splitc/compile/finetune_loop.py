@@ -24,6 +24,11 @@ from splitc.compile.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHT
 from splitc.core.files import FINETUNE_CHECKPOINT, FINETUNE_METRICS
 
 CHECKPOINT, METRICS = FINETUNE_CHECKPOINT, FINETUNE_METRICS
+# Epochs when --epochs is not given: after a split learned from scratch, and after one cut from
+# trained weights (split.json "trained_start"), where the Fashion-MNIST table gave every row 4
+# epochs after a 15-epoch teacher (docs/RESULTS.md): the from-trained path stays under a third of
+# the teacher's training time.
+DEFAULT_EPOCHS = {"scratch": 10, "trained": 4}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -31,7 +36,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class FinetuneConfig:
     split_dir: str
     data: str = "synthetic"
-    epochs: int = 10
+    epochs: int | None = None       # None: DEFAULT_EPOCHS for the split's start
     max_steps: int | None = None
     batch_size: int = 64
     lr: float = 0.01
@@ -118,13 +123,20 @@ def prepare(config: FinetuneConfig, meta: dict[str, Any], input_size: tuple[int,
     _check_data(meta, bundle, config)
     torch.manual_seed(config.seed)
     steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
-    total = config.max_steps or config.epochs * steps_per_epoch
+    total = config.max_steps or default_epochs(config, meta) * steps_per_epoch
     identity = {"split": _digest(meta["plan"]), "data": config.data, "distill": config.distill}
     teacher = None
     if config.distill:
         teacher = load_teacher(Path(config.split_dir), meta, loaded.unsplit, device)
         teacher = teacher.to(DTYPES[config.dtype])
     return Run(config, Path(config.split_dir), meta, bundle, device, steps_per_epoch, total, identity, teacher)
+
+
+def default_epochs(config: FinetuneConfig, meta: dict[str, Any]) -> int:
+    """``--epochs``, else :data:`DEFAULT_EPOCHS` for a split from trained weights or from scratch."""
+    if config.epochs is not None:
+        return config.epochs
+    return DEFAULT_EPOCHS["trained" if meta.get("trained_start") else "scratch"]
 
 
 def to_run(model: torch.nn.Module, run: Run) -> torch.nn.Module:

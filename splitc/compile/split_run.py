@@ -83,7 +83,7 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
         hard = HardAssignment(hard.groups_of_space, {s: dict(nodes) for s, nodes in hardened.fuzzy.items() if nodes})
     origin = {"run_dir": str(Path(run_dir).resolve()), "assign": ckpt["identity"]["assign"],
               "normalize": ckpt["config"].get("normalize"),
-              "data": ckpt["identity"]["data"]}
+              "data": ckpt["identity"]["data"], "trained_start": trained_start(Path(run_dir))}
     summary = write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
     copy_teacher(Path(run_dir), Path(out))
     return {**summary, "warnings": analysis_warnings(analysis), "pass_seconds": runner.report()}
@@ -103,6 +103,14 @@ def copy_teacher(run_dir: Path, out: Path) -> None:
     meta = json.loads((out / SPLIT_JSON).read_text(encoding="utf-8"))
     write_json(out / SPLIT_JSON, {**meta, "teacher": {"file": TEACHER, "sha256": record["sha256"],
                                                       "run_dir": str(run_dir.resolve())}})
+
+
+def trained_start(run_dir: Path) -> bool:
+    """Whether the run started from trained weights (its finetune is then shorter by default)."""
+    try:
+        return bool(json.loads((run_dir / ASSIGNMENT_JSON).read_text(encoding="utf-8")).get("trained_start"))
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def check_learned(run_dir: Path, accept_unlearned: bool) -> None:

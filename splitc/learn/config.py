@@ -63,6 +63,12 @@ TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup":
                     "epochs": 0}
 
 
+# A hierarchy (--groups 2,4) has no one-shot split: channels are placed around the class groups at
+# one level only (learn.cut_groups), so from trained weights its groups are learned for this many
+# epochs unless --epochs says otherwise (the Fashion-MNIST table's --groups 2,2 rows: docs/RESULTS.md).
+TRAINED_HIERARCHY_EPOCHS = 1
+
+
 @dataclass(frozen=True)
 class LearnConfig:
     """The options of ``splitc learn``; see docs/METHOD.md §8 for why the defaults are what they are."""

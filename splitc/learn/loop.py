@@ -229,7 +229,7 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
            "init_groups": run.config.init_groups, "train_acc": train_acc(run), "val_acc": val_acc,
            LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
            "committed": run.committed, "grad_share": run.grad_share, "weights": run.weights,
-           "start_val_acc": run.start_val_acc, "oneshot_val_acc": run.oneshot_val_acc,
+           "start_val_acc": run.start_val_acc, "oneshot_val_acc": run.oneshot_val_acc, "trained_start": run.trained,
            "teacher": None if run.teacher_sha256 is None else {"file": TEACHER, "sha256": run.teacher_sha256}}
     if run.ranks.main:
         atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))

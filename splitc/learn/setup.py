@@ -25,7 +25,7 @@ from splitc.graph.analysis import analyse
 from splitc.graph.scope import make_spec
 from splitc.learn import schedule
 from splitc.learn.assign import AssignmentSet
-from splitc.learn.config import CUT_INITS, LearnConfig, default_init_groups, resolve_start
+from splitc.learn.config import CUT_INITS, TRAINED_HIERARCHY_EPOCHS, LearnConfig, default_init_groups, resolve_start
 from splitc.learn.cut_groups import check_flat
 from splitc.learn.optim import make_optimizers
 from splitc.learn.ranks import SINGLE, Ranks
@@ -41,13 +41,22 @@ def build_run(config: LearnConfig, model: nn.Module, data: RunData, input_size: 
     ``steps_per_epoch`` steps per epoch. ``train``: the batches the loop itself trains on
     (``learn``); ``train_weights``: whether the run owns the weights' optimiser; ``names``
     spells the options in errors."""
-    given_warmup = config.warmup_epochs is not None
+    given_warmup, given_epochs = config.warmup_epochs is not None, config.epochs is not None
     config = resolve_start(config, trained)
     if data.val is None and config.warmup == "adaptive":
         config = replace(config, warmup="fixed")   # the adaptive warm-up decides on validation accuracy
     spec = make_spec(config.groups, config.split_from, config.split_depth, config.preset, config.model, names)
     analysis = analyse(config.model, spec, data.num_classes, tuple(input_size), model=model, names=names)
-    config = replace(config, init_groups=default_init_groups(config, len(set(analysis.scope.level_of.values()))))
+    levels = len(set(analysis.scope.level_of.values()))
+    if trained and levels > 1 and config.epochs == 0 and config.max_steps is None:
+        if given_epochs:
+            raise SplitcError(f"{names('epochs')} 0 (a one-shot split) places channels at one level; a hierarchy "
+                              f"({names('groups')} {','.join(map(str, spec.groups))}) learns its groups: give "
+                              f"{names('epochs')} 1 or more.")
+        config = replace(config, epochs=TRAINED_HIERARCHY_EPOCHS)
+        start_notes = (*start_notes, f"a hierarchy has no one-shot split: its groups are learned for "
+                                     f"{TRAINED_HIERARCHY_EPOCHS} epoch(s) from the trained weights before the cut")
+    config = replace(config, init_groups=default_init_groups(config, levels))
     if config.init_groups in CUT_INITS:
         check_flat(analysis.scope, config.init_groups, names)
         if data.probe is None:
@@ -64,4 +73,5 @@ def build_run(config: LearnConfig, model: nn.Module, data: RunData, input_size: 
                     optimizers=make_optimizers(config, analysis.gm, aset, weights=train_weights), device=device,
                     run_dir=run_dir, steps_per_epoch=steps_per_epoch, total_steps=total, warmup_steps=cap,
                     soft_steps=round(config.soft_epochs * steps_per_epoch), warmup_floor=floor, ranks=ranks,
-                    train=train, start_val_acc=start_val_acc, start_notes=start_notes, weights=weights, names=names)
+                    train=train, start_val_acc=start_val_acc, start_notes=start_notes, weights=weights, names=names,
+                    trained=trained)

@@ -74,6 +74,7 @@ class LearnRun:
     ranks: Ranks = SINGLE                      # data-parallel learn: this process's rank (learn_ranks)
     scheduler: Any = None                      # the weights' LambdaLR, positioned when training starts
     start_val_acc: float | None = None         # --weights: the trained model before the first step
+    trained: bool = False                      # the trained-start recipe (config.TRAINED_DEFAULTS) applies
     start_notes: tuple[str, ...] = ()          # what loading --weights adapted or found (learn_start)
     weights: dict[str, str] | None = None      # --weights: source, path, SHA-256
     oneshot_val_acc: float | None = None       # the start cut at once by the committed groups
