@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test wheel-check install clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -n 2 -m 'not slow and not ray' $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p no:xdist -m 'ray and not slow' $(PYTEST_ARGS)
+
+# The built wheel (python -m build) in a fresh virtual environment outside the checkout, its
+# dependencies from the package index: splitc demo --fast and the README's library block (a few minutes).
+wheel-check: $(VENV)/.installed-test
+	$(PY) -m pytest -q -p no:xdist -m slow tests/test_packaging.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

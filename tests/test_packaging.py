@@ -1,11 +1,18 @@
-"""The wheel ships every stage folder inside the splitc namespace, and nothing beside it."""
+"""The wheel ships every stage folder inside the splitc namespace, and nothing beside it; every
+import is a declared dependency; and (slow) the built wheel installs into a fresh virtual
+environment and runs there."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +65,44 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "splitc"}
     missing = {DISTRIBUTION_OF.get(m, m) for m in third_party if m not in OPTIONAL} - declared
     assert not missing, f"imported but not in [project].dependencies: {sorted(missing)}"
+
+
+WHEEL_README_RUN = """
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+section = text[text.index("## Use splitc as a library"):]
+exec(compile(re.search(r"```python\\n(.*?)```", section, flags=re.S).group(1), "README.md", "exec"),
+     {"__name__": "__readme__"})
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
+    """``python -m build`` makes a wheel that installs into a fresh virtual environment outside
+    the checkout (its dependencies from the package index), where ``splitc demo --fast`` and the
+    README's library block run (``make wheel-check``, a step of .ci/run; a few minutes)."""
+    import venv
+
+    pytest.importorskip("build", reason="python -m build needs the build package (pip install build)")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("splitc-*.whl"))
+    version = re.search(r'__version__ = "([^"]+)"', (ROOT / "splitc" / "core" / "version.py").read_text()).group(1)
+    assert wheel.name.startswith(f"splitc-{version}-"), wheel.name    # the version, from its one place
+    venv.create(tmp_path / "venv", with_pip=True)
+    bin_dir = tmp_path / "venv" / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(list(args), capture_output=True, text=True, cwd=tmp_path, env=env, timeout=1800)
+        assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        return done
+
+    run(str(bin_dir / "python"), "-m", "pip", "install", "--quiet", str(wheel))
+    where = run(str(bin_dir / "python"), "-c", "import splitc; print(splitc.__file__, splitc.__version__)").stdout
+    assert str(tmp_path / "venv") in where and version in where, where   # the installed copy, not the checkout
+    demo = run(str(bin_dir / "splitc"), "demo", "--fast", "--out", str(tmp_path / "demo"), "--json")
+    assert json.loads(demo.stdout.strip().splitlines()[-1])["max_rel_err"] <= 1e-4
+    (tmp_path / "readme_block.py").write_text(WHEEL_README_RUN)
+    run(str(bin_dir / "python"), str(tmp_path / "readme_block.py"), str(ROOT / "README.md"))
+    assert (tmp_path / "split.splitc").is_file() and (tmp_path / "onnx" / "manifest.json").is_file()
