@@ -1,11 +1,16 @@
-"""The from-trained table (issue 26): every row starts from the same trained resnet20.
+"""The from-trained table: every row starts from the same trained resnet20.
 
-    .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups-list 2,4]
+    .venv/bin/python benchmarks/from_trained.py [--data synthetic:families] [--groups-list 2 4 2,2]
+        [--split-from layer3] [--split-from-tree layer3,layer3.1]
         [--teacher-epochs 20] [--post-epochs 6] [--learn-epochs 3] [--seeds 0,1,2] [--jobs 2]
         [--rows all (all but classifier, oneshot+kd-soft)] [--out runs/from_trained] [--json-out docs/from_trained-families.json]
         [--merge OTHER.json ...] [--report-only]      (--data shapes: the tests' PNG ImageFolder, written under --out)
 
-Per seed, one plain resnet20 is trained once (the teacher, ``end_to_end.fit_plain``) and saved;
+The Fashion-MNIST table (docs/RESULTS.md) ran ``--data fashion-mnist@1000 --teacher-epochs 15
+--post-epochs 4 --learn-epochs 1 --groups-list 2 4 2,2 --split-from-tree layer2,layer3 --rows
+oneshot,random-oneshot,pruned,pruned+kd --no-kd``.
+
+Per seed, one plain resnet20 is trained once (the teacher, ``splitc.learn.plain.fit_plain``) and saved;
 then, per G, every row spends the same ``--post-epochs`` of training steps after the teacher and
 the compressed rows have the split's params:
 
@@ -26,6 +31,12 @@ the compressed rows have the split's params:
   trained from scratch for teacher + post epochs: the control of Liu et al. 2019;
 - ``e2e``: today's from-scratch path (learn, split, finetune at their default budgets, no teacher),
   run in the same pool as the rows above: the wall time the from-trained path is compared with.
+
+A hierarchy (``2,2``) has no one-shot grouping: its split rows learn for ``--learn-epochs`` first.
+Beside each accuracy the JSON keeps, per run: the class groups by name, the split (or pruned
+network) before finetune with its BatchNorm statistics re-estimated on 50 training batches (how
+much of the drop at the cut is stale statistics), and the validation accuracy after every
+finetune epoch.
 
 It prints per row the mean ± std over the seeds of the final accuracy, of the one-shot split
 (groups committed, nothing cleared) and of the split after clearing, and the seconds per run
@@ -57,6 +68,7 @@ from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
 from splitc.graph import zoo
+from splitc.learn.groups import members_of_groups
 from splitc.learn.loop import LearnConfig, learn
 
 CPU = torch.device("cpu")
@@ -89,21 +101,68 @@ def data_of(args: argparse.Namespace, seed: int):
     return load_data(args.data, size, seed=seed)
 
 
+def recalibrated(model: torch.nn.Module, bundle, batches: int = 50, batch_size: int = 64) -> float:
+    """Accuracy of a copy of ``model`` whose BatchNorm statistics are re-estimated on ``batches``
+    training batches (no augmentation, no gradient): how much of a cut's drop is stale statistics."""
+    import copy
+
+    model = copy.deepcopy(model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None          # a cumulative average over the batches below
+    loader = torch.utils.data.DataLoader(bundle.train_probe or bundle.train, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    model.train()
+    with torch.no_grad():
+        for i, (x, _) in enumerate(loader):
+            if i == batches:
+                break
+            model(x)
+    return accuracy(model, bundle.val, CPU)
+
+
+def split_from(args: argparse.Namespace, groups: int | str) -> str:
+    """The scope of a row: ``--split-from`` for one level, ``--split-from-tree`` for a hierarchy."""
+    return args.split_from_tree if "," in str(groups) else args.split_from
+
+
+def groups_key(text: str) -> int | str:
+    """``2`` -> 2 (as the earlier JSON has it), ``2,2`` -> "2,2" (a hierarchy)."""
+    return int(text) if text.isdigit() else text
+
+
+def named_groups(run_dir: Path) -> list[list[str]] | None:
+    """The split's class groups by name, from learn's assignment.json."""
+    return members_of_groups(json.loads((run_dir / "assignment.json").read_text()).get("class_groups"))
+
+
+def epoch_curve(split_dir: Path) -> list[float]:
+    """Validation accuracy after each finetune epoch (finetune's metrics journal)."""
+    path = split_dir / "finetune_metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["val_acc"] for r in lines if r.get("kind") == "epoch_end"]
+
+
 def teacher_path(args: argparse.Namespace, seed: int) -> Path:
     return Path(args.out) / f"teacher-seed{seed}.pt"
 
 
 def train_teacher(args: argparse.Namespace, seed: int) -> dict:
-    from end_to_end import fit_plain
+    from splitc.learn.plain import fit_plain
 
     torch.manual_seed(seed)
+    started = time.perf_counter()
     bundle = data_of(args, seed)
     model = zoo.build(args.model, bundle.num_classes)
     fit_plain(model, bundle, args.teacher_epochs, args.batch_size, args.lr, seed, progress=False)
+    seconds = round(time.perf_counter() - started, 1)   # what acceptance 4 divides the split's time by
     path = teacher_path(args, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
-    return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU)}
+    return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU), "seconds": seconds}
 
 
 SPLITC = ("default", "classifier", "oneshot")     # splitc's own rows, compared with the anchors
@@ -116,15 +175,18 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
     """learn from the teacher -> split -> finetune twice (plain, distilled) from the same split."""
     out = Path(args.out) / f"{key}-g{groups}-seed{seed}"
     started = time.perf_counter()
-    learn_epochs = 0 if key in ONESHOT else args.learn_epochs
-    result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=args.split_from,
+    # a hierarchy has no one-shot grouping (cut inits are one level): its learn runs --learn-epochs
+    learn_epochs = 0 if key in ONESHOT and "," not in str(groups) else args.learn_epochs
+    result = learn(LearnConfig(model=args.model, data=args.data, groups=str(groups), split_from=split_from(args, groups),
                                weights=str(teacher_path(args, seed)), epochs=learn_epochs, **SPLIT_ROWS[key],
                                batch_size=args.batch_size, seed=seed, out=str(out / "run"), force=True),
                    progress=False)
     summary = run_split(out / "run", out / "split", force=True, accept_unlearned=True)
     shared = time.perf_counter() - started
     bundle = data_of(args, seed)
-    cleared = accuracy(load_split(out / "split").model, bundle.val, CPU)
+    cut_model = load_split(out / "split").model
+    cleared = accuracy(cut_model, bundle.val, CPU)
+    recal = recalibrated(cut_model, bundle)
     rows = []
     for distill in (False,) if args.no_kd else (False, True):
         folder = out / ("split-kd" if distill else "split")
@@ -141,6 +203,8 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
                      "start_val_acc": result.start_val_acc, "oneshot_val_acc": result.oneshot_val_acc,
                      "cleared_val_acc": cleared, "cut_energy": result.cut_energy,
                      "superclass_ari": result.superclass_ari, "split_dir": str(folder),
+                     "recal_val_acc": recal, "class_groups": named_groups(out / "run"),
+                     "epoch_val_acc": epoch_curve(folder), "learn_epochs": learn_epochs,
                      "seconds": round(shared + time.perf_counter() - t0, 1),
                      "finetune_seconds": round(time.perf_counter() - t0, 1)})
     return rows
@@ -178,9 +242,9 @@ def soft_kd_row(args: argparse.Namespace, groups: int, seed: int) -> dict:
 
 
 def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.Namespace, seed: int,
-                   teacher: torch.nn.Module | None) -> None:
+                   teacher: torch.nn.Module | None, on_epoch=None) -> None:
     """finetune's optimiser on a dense (pruned) model: SGD lr 0.01, Nesterov, wd 5e-4, cosine."""
-    from end_to_end import train_epochs
+    from splitc.learn.plain import train_epochs
 
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -191,25 +255,28 @@ def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.N
         return distill_loss(logits, target, y, DEFAULT_T, DEFAULT_ALPHA)
 
     train_epochs(model, bundle, epochs, args.batch_size, seed, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
-                 None if teacher is None else distilled)
+                 None if teacher is None else distilled, on_epoch=on_epoch)
 
 
 def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> dict:
     from anchors import narrow_widths, params, prune_to, split_params
-    from end_to_end import fit_plain
+    from splitc.learn.plain import fit_plain
     from splitc.models.resnet_cifar import CifarResNet
 
     torch.manual_seed(seed)
     started = time.perf_counter()
     bundle = data_of(args, seed)
-    target = split_params(args.model, groups, args.split_from, bundle.num_classes, bundle.input_size)
+    target = split_params(args.model, groups, split_from(args, groups), bundle.num_classes, bundle.input_size)
     extra: dict = {}
     if key.startswith("pruned"):
         teacher = zoo.build(args.model, bundle.num_classes)
         teacher.load_state_dict(torch.load(teacher_path(args, seed), weights_only=True))
-        model = prune_to(teacher, args.split_from, target, bundle.input_size)
+        model = prune_to(teacher, split_from(args, groups).split(",")[0], target, bundle.input_size)
         extra["oneshot_val_acc"] = accuracy(model, bundle.val, CPU)
-        finetune_dense(model, bundle, args.post_epochs, args, seed, teacher.eval() if key.endswith("+kd") else None)
+        extra["recal_val_acc"] = recalibrated(model, bundle)
+        extra["epoch_val_acc"] = []
+        finetune_dense(model, bundle, args.post_epochs, args, seed, teacher.eval() if key.endswith("+kd") else None,
+                       on_epoch=lambda e: extra["epoch_val_acc"].append(accuracy(model, bundle.val, CPU)))
     elif key == "narrow":
         model = CifarResNet(20, bundle.num_classes, narrow_widths(target, bundle.num_classes))
         fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
@@ -247,7 +314,12 @@ def run_all(args: argparse.Namespace, phases: list[list[tuple]]) -> list[dict]:
         for tasks in phases:
             futures = [pool.submit(run_task, args, t, threads) for t in tasks]
             for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
-                for row in future.result():
+                try:
+                    rows = future.result()
+                except Exception as exc:  # noqa: BLE001 (one failed row must not end an hour-long table)
+                    tqdm.write(f"a run failed: {type(exc).__name__}: {exc}")
+                    continue
+                for row in rows:
                     results.append(row)
                     tqdm.write(f"{row['key']} G={row.get('groups', '-')} seed {row['seed']}: "
                                f"val acc {row['val_acc']:.4f} ({row.get('seconds', 0):.0f} s)")
@@ -272,13 +344,13 @@ def stat(values: list[float]) -> list[float] | None:
 
 def summarise(runs: list[dict]) -> list[dict]:
     out = []
-    for groups in sorted({r["groups"] for r in runs if "groups" in r}):
+    for groups in sorted({r["groups"] for r in runs if "groups" in r}, key=str):
         for key in ROWS:
             mine = [r for r in runs if r.get("groups") == groups and r["key"] == key]
             if mine:
                 out.append({"groups": groups, "key": key, "method": ROWS[key], "seeds": len(mine),
                             "params": mine[0]["params"], **{f: stat([r.get(f) for r in mine]) for f in (
-                                "val_acc", "oneshot_val_acc", "cleared_val_acc")},
+                                "val_acc", "oneshot_val_acc", "cleared_val_acc", "recal_val_acc", "superclass_ari")},
                             "seconds": statistics.fmean(r["seconds"] for r in mine)})
     return out
 
@@ -289,9 +361,11 @@ def report(runs: list[dict]) -> None:
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
     print(f"teacher (plain resnet20): {ms(teachers)}")
     rows = summarise(runs)
-    print(table(["G", "method", "params", "val acc", "one-shot split", "split before finetune", "seconds per run"],
+    print(table(["G", "method", "params", "val acc", "one-shot split", "split before finetune", "BN re-estimated",
+                 "superclass ARI", "seconds per run"],
                 [[r["groups"], r["method"], r["params"], ms(r["val_acc"]), ms(r["oneshot_val_acc"]),
-                  ms(r["cleared_val_acc"]), f"{r['seconds']:.0f}"] for r in rows]))
+                  ms(r["cleared_val_acc"]), ms(r["recal_val_acc"]), ms(r["superclass_ari"]), f"{r['seconds']:.0f}"]
+                 for r in rows]))
     by = {(r["groups"], r["key"]): r for r in rows}
     for (g, key), r in by.items():
         kd = key[len(key.split("+")[0]):]
@@ -312,12 +386,27 @@ def markdown(runs: list[dict]) -> str:
     """The table for docs/: per G and row, every seed's accuracy, mean ± std, one-shot, after
     clearing, seconds per run."""
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
-    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | split before finetune | s/run |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | split before finetune | "
+             "BN re-estimated | superclass ARI | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summarise(runs):
         seeds = sorted((x["seed"], x["val_acc"]) for x in runs if x.get("groups") == r["groups"] and x["key"] == r["key"])
         lines.append(f"| {r['groups']} | {r['method']} | {r['params']:,} | {' / '.join(f'{v:.4f}' for _, v in seeds)} | "
-                     f"{ms(r['val_acc'])} | {ms(r['oneshot_val_acc'])} | {ms(r['cleared_val_acc'])} | {r['seconds']:.0f} |")
+                     f"{ms(r['val_acc'])} | {ms(r['oneshot_val_acc'])} | {ms(r['cleared_val_acc'])} | "
+                     f"{ms(r['recal_val_acc'])} | {ms(r['superclass_ari'])} | {r['seconds']:.0f} |")
+    lines += ["", "Class groups (one branch each) per seed:", ""]
+    for x in sorted((x for x in runs if x.get("class_groups")), key=lambda x: (str(x["groups"]), x["key"], x["seed"])):
+        groups = " | ".join(", ".join(g) for g in x["class_groups"])
+        ari = "" if x.get("superclass_ari") is None else f" (ARI {x['superclass_ari']:.2f})"
+        lines.append(f"- G={x['groups']} {x['key']} seed {x['seed']}{ari}: {groups}")
+    curves = [x for x in runs if x.get("epoch_val_acc")]
+    if curves:
+        lines += ["", "Validation accuracy after each epoch after the cut (mean over seeds):", ""]
+        for (g, key) in sorted({(str(x["groups"]), x["key"]) for x in curves}):
+            mine = [x["epoch_val_acc"] for x in curves if str(x["groups"]) == g and x["key"] == key]
+            n = min(len(c) for c in mine)
+            mean = [statistics.fmean(c[i] for c in mine) for i in range(n)]
+            lines.append(f"- G={g} {key}: " + " → ".join(f"{v:.3f}" for v in mean))
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +415,10 @@ def main() -> None:
 
     parser = training_parser(__doc__)
     parser.set_defaults(data="synthetic:families")
-    parser.add_argument("--groups-list", dest="groups_list", default="2,4")
+    parser.add_argument("--groups-list", dest="groups_list", nargs="+", default=["2", "4"],
+                        help="each a --groups value: 2 4 2,2 (a hierarchy)")
+    parser.add_argument("--split-from-tree", default="layer3,layer3.1",
+                        help="--split-from of the hierarchical rows (pruned over the first entry's region)")
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--post-epochs", type=int, default=6, help="training epochs after the teacher, every row")
     parser.add_argument("--learn-epochs", type=int, default=3, help="of the post epochs, learn's (split rows)")
@@ -349,7 +441,7 @@ def main() -> None:
     keys = ([k for k in ROWS if not k.startswith("classifier") and k != "oneshot+kd-soft"] if args.rows == "all"
             else args.rows.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
-    gs = [int(g) for g in args.groups_list.split(",")]
+    gs = [groups_key(g) for g in args.groups_list]
     wanted = {k.split("+")[0] for k in keys}
     split_keys = [k for k in SPLIT_ROWS if k in wanted]
     anchors = [k for k in ("pruned", "pruned+kd") if k in keys]

@@ -157,13 +157,9 @@ def train_teacher(plan: DemoPlan, path: Path, progress: bool) -> dict[str, Any]:
 
 def class_groups(run_dir: Path) -> list[list[str]] | None:
     """The branches' classes by name (learn's assignment.json), for the summary."""
-    mapping = json.loads((run_dir / "assignment.json").read_text(encoding="utf-8")).get("class_groups")
-    if not mapping:
-        return None
-    groups: dict[int, list[str]] = {}
-    for name, group in mapping.items():
-        groups.setdefault(group, []).append(name)
-    return [groups[g] for g in sorted(groups)]
+    from splitc.learn.groups import members_of_groups
+
+    return members_of_groups(json.loads((run_dir / "assignment.json").read_text(encoding="utf-8")).get("class_groups"))
 
 
 def render_summary(summary: dict[str, Any]) -> str:

@@ -188,6 +188,17 @@ def class_groups(aset: AssignmentSet, ir: ChannelIR, class_names: Sequence[str])
     return {name: int(groups[node]) for name, node in zip(class_names, class_nodes(ir))}
 
 
+def members_of_groups(mapping: dict[str, int] | None) -> list[list[str]] | None:
+    """``class name -> group`` (assignment.json's ``class_groups``) as the names of each group,
+    in group order: which classes each branch computes."""
+    if not mapping:
+        return None
+    groups: dict[int, list[str]] = {}
+    for name, group in mapping.items():
+        groups.setdefault(int(group), []).append(name)
+    return [groups[g] for g in sorted(groups)]
+
+
 def superclass_ari(superclass_of: Sequence[int] | None, class_group: Sequence[int] | None) -> float | None:
     """ARI of a class grouping against the superclasses (docs/METHOD.md §8: agreement with a taxonomy,
     not the quality of the split); None when either is unknown."""
