@@ -91,11 +91,7 @@ def run_demo(out: str, fast: bool, progress: bool = True, data: str = "synthetic
     folder.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     stage = _Stages(times, total=8 if plan.teacher_epochs else 7)
-    teacher = None
-    if plan.teacher_epochs:
-        with stage("teacher", f"a plain {MODEL} trained {plan.teacher_epochs} epochs on {plan.data}"):
-            teacher = train_teacher(plan, folder / "teacher.pt", progress)
-            click.echo(f"      teacher accuracy {teacher['val_acc']:.3f}")
+    teacher = teacher_stage(plan, folder, stage, progress)
 
     with stage("inspect", f"{MODEL}, G={SCOPE['groups']} from {SCOPE['split_from']}"):
         analysis = analyse(MODEL, make_spec(SCOPE["groups"], SCOPE["split_from"]), 20, (3, 32, 32))
@@ -135,6 +131,16 @@ def run_demo(out: str, fast: bool, progress: bool = True, data: str = "synthetic
     }
     (folder / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def teacher_stage(plan: DemoPlan, folder: Path, stage: "_Stages", progress: bool) -> dict[str, Any] | None:
+    """The plan's teacher as a stage of its own (None for a plan that learns from scratch)."""
+    if not plan.teacher_epochs:
+        return None
+    with stage("teacher", f"a plain {MODEL} trained {plan.teacher_epochs} epochs on {plan.data}"):
+        teacher = train_teacher(plan, folder / "teacher.pt", progress)
+        click.echo(f"      teacher accuracy {teacher['val_acc']:.3f}")
+    return teacher
 
 
 def train_teacher(plan: DemoPlan, path: Path, progress: bool) -> dict[str, Any]:
