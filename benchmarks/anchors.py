@@ -48,14 +48,15 @@ def narrow_widths(target: int, num_classes: int) -> tuple[int, int, int]:
     return best[1]
 
 
-def prune_to(model: nn.Module, region: str, target: int, input_size) -> nn.Module:
-    """A copy of ``model`` whose layers under ``region`` are pruned (L2 magnitude, uniform ratio
-    found by bisection) until its params are as close to ``target`` as the ratio allows."""
+def prune_to(model: nn.Module, region: str | tuple[str, ...], target: int, input_size) -> nn.Module:
+    """A copy of ``model`` whose layers under ``region`` (a module prefix, or several: a
+    hierarchy's every level) are pruned (L2 magnitude, uniform ratio found by bisection) until its
+    params are as close to ``target`` as the ratio allows."""
     import torch_pruning as tp
 
     example = torch.randn(1, *input_size)
     ignored = [name for name, m in model.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith(region)]
+               if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith(tuple(region) if isinstance(region, tuple) else region)]
 
     def pruned(ratio: float) -> nn.Module:
         m = copy.deepcopy(model).eval()

@@ -271,7 +271,8 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
     if key.startswith("pruned"):
         teacher = zoo.build(args.model, bundle.num_classes)
         teacher.load_state_dict(torch.load(teacher_path(args, seed), weights_only=True))
-        model = prune_to(teacher, split_from(args, groups).split(",")[0], target, bundle.input_size)
+        # a hierarchy prunes every level's region (its first entry alone left layer3 whole at 2,2)
+        model = prune_to(teacher, tuple(split_from(args, groups).split(",")), target, bundle.input_size)
         extra["oneshot_val_acc"] = accuracy(model, bundle.val, CPU)
         extra["recal_val_acc"] = recalibrated(model, bundle)
         extra["epoch_val_acc"] = []
@@ -418,7 +419,7 @@ def main() -> None:
     parser.add_argument("--groups-list", dest="groups_list", nargs="+", default=["2", "4"],
                         help="each a --groups value: 2 4 2,2 (a hierarchy)")
     parser.add_argument("--split-from-tree", default="layer3,layer3.1",
-                        help="--split-from of the hierarchical rows (pruned over the first entry's region)")
+                        help="--split-from of the hierarchical rows (pruned over every entry's region)")
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--post-epochs", type=int, default=6, help="training epochs after the teacher, every row")
     parser.add_argument("--learn-epochs", type=int, default=3, help="of the post epochs, learn's (split rows)")
