@@ -63,6 +63,7 @@ from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss
 from splitc.compile.finetune import FinetuneConfig, finetune
 from splitc.compile.split_dir import load_split, read_meta
 from splitc.compile.split_run import run_split
+from splitc.core.files import ASSIGNMENT_JSON, FINETUNE_METRICS
 from splitc.core.tables import table
 from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
@@ -134,12 +135,12 @@ def groups_key(text: str) -> int | str:
 
 def named_groups(run_dir: Path) -> list[list[str]] | None:
     """The split's class groups by name, from learn's assignment.json."""
-    return members_of_groups(json.loads((run_dir / "assignment.json").read_text()).get("class_groups"))
+    return members_of_groups(json.loads((run_dir / ASSIGNMENT_JSON).read_text()).get("class_groups"))
 
 
 def epoch_curve(split_dir: Path) -> list[float]:
     """Validation accuracy after each finetune epoch (finetune's metrics journal)."""
-    path = split_dir / "finetune_metrics.jsonl"
+    path = split_dir / FINETUNE_METRICS
     if not path.is_file():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
