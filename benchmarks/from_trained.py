@@ -81,10 +81,12 @@ ROWS = {
     "classifier+kd": "splitc, classes by the classifier's rows, --distill",
     "oneshot": "splitc default from the teacher: one-shot (learn --epochs 0)",
     "oneshot+kd": "splitc default from the teacher: one-shot, --distill",
+    "oneshot-norefit": "splitc from the teacher: one-shot, --no-refit (the default before the refit)",
     "random": "SplitNet-Random from the teacher, R_W clears the cut",
     "random+kd": "SplitNet-Random from the teacher, R_W clears the cut, --distill",
     "random-oneshot": "SplitNet-Random from the teacher, one-shot",
     "random-oneshot+kd": "SplitNet-Random from the teacher, one-shot, --distill",
+    "random-oneshot-norefit": "SplitNet-Random from the teacher, one-shot, --no-refit",
     "oneshot+kd-soft": f"splitc default from the teacher: one-shot, --distill-t {SOFT_KD[0]:g} --distill-alpha {SOFT_KD[1]:g}",
     "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
     "pruned+kd": "Torch-Pruning from the teacher, distilled",
@@ -166,10 +168,11 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU), "seconds": seconds}
 
 
-SPLITC = ("default", "classifier", "oneshot")     # splitc's own rows, compared with the anchors
+SPLITC = ("default", "classifier", "oneshot", "oneshot-norefit")     # splitc's own rows, compared with the anchors
 SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
-              "oneshot": {}, "random-oneshot": {"assign": "random"}}
-ONESHOT = ("oneshot", "random-oneshot")   # learn --epochs 0: the cut made at once, every post epoch in finetune
+              "oneshot": {}, "random-oneshot": {"assign": "random"}, "oneshot-norefit": {"refit": False},
+              "random-oneshot-norefit": {"assign": "random", "refit": False}}
+ONESHOT = ("oneshot", "random-oneshot", "oneshot-norefit", "random-oneshot-norefit")   # learn --epochs 0: the cut made at once, every post epoch in finetune
 
 
 def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> list[dict]:
@@ -202,6 +205,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
                      "start_val_acc": result.start_val_acc, "oneshot_val_acc": result.oneshot_val_acc,
+                     "refit_val_acc": result.refit_val_acc,
                      "cleared_val_acc": cleared, "cut_energy": result.cut_energy,
                      "superclass_ari": result.superclass_ari, "split_dir": str(folder),
                      "recal_val_acc": recal, "class_groups": named_groups(out / "run"),
@@ -371,7 +375,7 @@ def report(runs: list[dict]) -> None:
     by = {(r["groups"], r["key"]): r for r in rows}
     for (g, key), r in by.items():
         kd = key[len(key.split("+")[0]):]
-        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd):
+        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd, "oneshot-norefit" + kd):
             if key.split("+")[0] in SPLITC and key != ref and (g, ref) in by:
                 o = by[(g, ref)]
                 print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "

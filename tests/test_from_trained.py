@@ -132,7 +132,8 @@ def test_the_trained_default_is_a_one_shot_split(trained, tmp_path: Path, epochs
     from splitc.compile.split_dir import load_split
     split = load_split(tmp_path / "split").model
     acc = accuracy(split, load_data(DATA, seed=0).val, torch.device("cpu"))
-    assert acc == pytest.approx(doc["oneshot_val_acc"], abs=0.02)   # float sums in another order may flip a near tie
+    # the split is the cut with its kept weights refit (learn.refit, on from trained weights)
+    assert acc == pytest.approx(doc["refit"]["refit_val_acc"], abs=0.02)   # float sums in another order may flip a near tie
 
 
 def test_epochs_0_needs_trained_weights(tmp_path: Path) -> None:
@@ -152,9 +153,15 @@ def test_splitnet_from_a_trained_model_compiles_the_one_shot_split_at_once(train
     sp = splitc.SplitNet(model, torch.randn(1, 3, 32, 32), steps=10, groups=2, split_from="layer3",
                          probe=bundle.train, val=bundle.val, trained=True)
     assert sp.run.committed and sp.run.oneshot_val_acc is not None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     split = sp.compile()
-    assert sp.verify(split) < 1e-4
-    assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(sp.run.oneshot_val_acc, abs=0.02)
+    assert sp.verify(split) < 1e-4           # against the refit cut it was compiled from
+    assert sp.run.refit["layers"] and sp.run.refit["masked_val_acc"] == sp.run.oneshot_val_acc
+    assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(sp.run.refit["refit_val_acc"], abs=0.02)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # the user's model is not changed
+    plain = splitc.SplitNet(model, torch.randn(1, 3, 32, 32), steps=10, groups=2, split_from="layer3",
+                            probe=bundle.train, val=bundle.val, trained=True, refit=False).compile()
+    assert accuracy(plain, bundle.val, torch.device("cpu")) == pytest.approx(sp.run.oneshot_val_acc, abs=0.02)
 
 
 def test_a_split_from_trained_weights_finetunes_the_shorter_default(from_trained, tmp_path: Path) -> None:

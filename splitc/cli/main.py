@@ -141,6 +141,10 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
 @scope_options
 @click.option("--assign", type=click.Choice(list(ASSIGNMENT_KINDS)), default="softmax",
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
+@click.option("--refit/--no-refit", default=None,
+              help="At the end of learn, refit the weights the cut keeps by least squares so that the split "
+                   "reproduces the dense network layer by layer on 512 training images (default: on from "
+                   "trained --weights, off from scratch).")
 @click.option("--init-groups", type=click.Choice(list(INIT_GROUPS)), default=None,
               help="How the groups are found. cluster-cut (the default for one-level splits): the class "
                    "map is a balanced spectral clustering of the warmed-up class-mean features and "
@@ -210,6 +214,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
         given["resume"] = True
     if options.get("commit") is False:  # --no-commit
         given["commit"] = False
+    if options.get("refit") is False:   # --no-refit
+        given["refit"] = False
     if input_size:
         given["input_size"] = parse_input_size(input_size)
     config = LearnConfig(model=model, flip=not no_flip, **given)

@@ -17,6 +17,7 @@ get their own optimiser, and ``compile`` runs the compiler passes that ``splitc 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,11 +30,11 @@ from splitc.core.errors import SplitcError
 from splitc.core.naming import ARG
 from splitc.data.batches import accuracy
 from splitc.data.given import given_dataset
-from splitc.graph.analysis import analysis_warnings
+from splitc.graph.analysis import Analysis, analysis_warnings
 from splitc.graph.counting import count
 from splitc.graph.split_model import SplitModel
 from splitc.learn.config import RECIPE_OPTIONS, LearnConfig, check_config
-from splitc.learn.grouping import cut_shares, hardened, warn
+from splitc.learn.grouping import cut_shares, evaluate, hardened, refit_model, wants_refit, warn
 from splitc.learn.health import chance_warning, near_chance
 from splitc.learn.session import SplitSession
 from splitc.learn.setup import build_run
@@ -86,6 +87,7 @@ class SplitNet(SplitSession):
         run = build_run(config, model, data, size, steps_per_epoch=per_epoch, trained=bool(trained),
                         start_val_acc=start_acc, train_weights=False, names=ARG)
         super().__init__(run)
+        self._compiled: Analysis | None = None   # compile()'s analysis where it refit the cut
         for line in analysis_warnings(run.analysis):
             warn(run, line)
         self.start()
@@ -115,7 +117,13 @@ class SplitNet(SplitSession):
         if not run.probed:
             warn(run, f"compiled at step {run.step}, still in the warm-up (it ends at step {run.warmup_steps}): the "
                       "regularizers never ran, so the groups are the random start; give SplitNet the steps you train")
-        return build_split(run.analysis, hardened(run), list(run.data.class_names), {"assign": run.config.assign})
+        hard, analysis = hardened(run), run.analysis
+        if wants_refit(run):   # the cut's kept weights refit to the model (learn does the same); the model is not changed
+            refit, record = refit_model(run, hard)
+            analysis = self._compiled = replace(analysis, gm=refit)
+            accuracy_of = {} if run.data.val is None else {"refit_val_acc": evaluate(run, refit)}
+            run.refit = {"masked_val_acc": run.oneshot_val_acc, **accuracy_of, **record}
+        return build_split(analysis, hard, list(run.data.class_names), {"assign": run.config.assign})
 
     def verify(self, split: SplitModel, batches: int = 3) -> float:
         """The largest relative error of ``split`` against its masked reference on fresh random
@@ -127,7 +135,7 @@ class SplitNet(SplitSession):
                               f"not {type(split).__name__}.")
         if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
             raise SplitcError(f"SplitNet.verify: batches= is a count of at least 1, not {batches!r}.")
-        err = verify_value(split, self.run.analysis, batches)
+        err = verify_value(split, self._compiled or self.run.analysis, batches)
         if err > VERIFY_TOLERANCE:
             warn(self.run, f"the split differs from its masked reference by {err:.2e} (tolerance {VERIFY_TOLERANCE:.0e})")
         return err

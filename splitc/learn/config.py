@@ -56,7 +56,7 @@ COMMIT_GROUPS, ASSIGN_OPTIMIZERS = get_args(CommitGroups), get_args(AssignOptimi
 SCRATCH_DEFAULTS = {"lr": 0.1, "gamma_w": 1.0, "warmup_epochs": 3.0, "warmup": "adaptive", "lr_warmup_epochs": 0.5}
 # The options of the recipe itself, which ``splitc.SplitNet`` takes as keywords beside the scope
 # (the others say where a ``splitc learn`` run reads its data, writes, resumes, and how long it runs)
-RECIPE_OPTIONS = ("assign", "init_groups", "gamma_w", "gamma_d", "gamma_d_end", "gamma_d_rise", "gamma_e",
+RECIPE_OPTIONS = ("assign", "init_groups", "refit", "gamma_w", "gamma_d", "gamma_d_end", "gamma_d_rise", "gamma_e",
                   "assign_optimizer", "assign_lr_mult", "warmup_epochs", "warmup", "commit", "commit_groups",
                   "soft_epochs", "lr", "overlap")
 TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup": "fixed", "lr_warmup_epochs": 0.0,
@@ -113,6 +113,7 @@ class LearnConfig:
     log_every: int = 10
     weights: str | None = None      # trained weights to start from (graph.weights: file, torchvision:, timm)
     normalize: str | None = None    # input statistics (data.bundle.pick_stats); None: the data form's
+    refit: bool | None = None       # refit the cut's kept weights to the dense network (learn.refit); None: from trained weights
 
     def __post_init__(self) -> None:
         """Read the text spellings of the scope and the paths into their types (a value that does
@@ -147,6 +148,7 @@ class LearnResult:
     start_val_acc: float | None = None   # --weights: the trained model before anything changed
     oneshot_val_acc: float | None = None  # the start cut at once (a one-shot split), before clearing
     teacher: str | None = None       # the dense weights the split came from (finetune --distill)
+    refit_val_acc: float | None = None   # the cut after learn.refit: the split's start (None: no refit)
 
 
 def check_config(config: LearnConfig, names: Naming = FLAG) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from splitc.core.errors import SplitcError, SplitcWarning
 from splitc.data.batches import accuracy
@@ -14,12 +15,15 @@ from splitc.learn import schedule
 from splitc.learn.assign import cut_energy
 from splitc.learn.config import CUT_INITS
 from splitc.learn.cut_groups import cut_groups
+from splitc.learn.refit import REFIT_IMAGES, refit_cut
 from splitc.learn.groups import (
     class_space_levels,
     classifier_energy,
     classifier_rows,
     cluster_classes,
+    dataset_labels,
     init_class_assignment,
+    probe_indices,
     split_input_class_means,
     superclass_ari,
 )
@@ -28,7 +32,7 @@ from splitc.learn.start import save_teacher
 from splitc.learn.state import LearnRun, freeze_space, log_record
 from splitc.graph.group_tree import HardAssignment
 from splitc.passes.harden import harden
-from splitc.passes.mask import mask_inter_group
+from splitc.passes.mask import mask_inter_group, weight_masks
 
 
 def end_warmup(run: LearnRun) -> None:
@@ -124,3 +128,51 @@ def warn(run: LearnRun, message: str) -> None:
         run.warnings.append(message)
         warnings.warn(message, SplitcWarning, stacklevel=2)
         log_record(run, {"kind": "warning", "step": run.step, "message": message})
+
+
+def wants_refit(run: LearnRun) -> bool:
+    """``refit`` as given, else on for a run from trained weights (a cut of a trained network)."""
+    wanted = run.config.refit if run.config.refit is not None else run.trained
+    return bool(wanted) and bool(run.aset.by_space) and run.data.probe is not None
+
+
+def refit_model(run: LearnRun, hard: HardAssignment) -> tuple[torch.nn.Module, dict]:
+    """The cut of the run's network by ``hard`` with its kept weights refit to reproduce the
+    network (:mod:`splitc.learn.refit`) on ``REFIT_IMAGES`` probe images, balanced over the
+    classes; the network itself is not changed. Returns the masked, refit model and its record."""
+    ir, scope, gm = run.analysis.ir, run.analysis.scope, run.analysis.gm
+    masked = mask_inter_group(gm, ir, scope, hard)
+    labels = dataset_labels(run.data.probe)
+    per_class = -(-REFIT_IMAGES // max(1, len(set(labels.tolist()))))
+    subset = Subset(run.data.probe, probe_indices(labels, per_class))
+    with torch.random.fork_rng():   # a random augmentation must not shift the run's stream
+        torch.manual_seed(run.config.seed)
+        batches = [x.to(run.device) for x, _ in DataLoader(subset, batch_size=128)]
+    report = refit_cut(gm, masked, weight_masks(ir, scope, hard), batches)
+    record = {"layers": list(report.refit), "skipped": [list(s) for s in report.skipped], "images": report.images,
+              "error_before": report.error_before, "error_after": report.error_after, "seconds": report.seconds}
+    if report.skipped:
+        warn(run, f"refit left {len(report.skipped)} cut layer(s) as cut: "
+                  + "; ".join(f"{name} ({why})" for name, why in report.skipped[:3]))
+    return masked, record
+
+
+def refit_after_cut(run: LearnRun) -> None:
+    """learn's last step where the refit applies (:func:`wants_refit`): the network then holds
+    the masked, refit weights, which the split slices, and the record says how much of the
+    cut it won back. The dense weights are saved first as the teacher (finetune --distill)."""
+    if not wants_refit(run):
+        return
+    try:
+        hard = hardened(run)
+    except SplitcError as exc:
+        warn(run, f"no refit: {exc}")
+        return
+    if run.teacher_sha256 is None and run.ranks.main and run.run_dir is not None:
+        run.teacher_sha256 = save_teacher(run.analysis.gm, run.run_dir)
+    before = (run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None else masked_val_acc(run))
+    refit, record = refit_model(run, hard)
+    with torch.no_grad():
+        run.analysis.gm.load_state_dict(refit.state_dict())
+    run.refit = {"masked_val_acc": before, "refit_val_acc": evaluate(run), **record}
+    log_record(run, {"kind": "refit", "step": run.step, **run.refit})

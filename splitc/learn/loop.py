@@ -52,7 +52,7 @@ from splitc.learn.config import (  # noqa: F401  (LearnConfig, LearnResult: the 
     check_config,
 )
 from splitc.learn.groups import class_groups, space_report, superclass_ari
-from splitc.learn.grouping import cut_shares, evaluate, masked_val_acc, warn
+from splitc.learn.grouping import cut_shares, evaluate, masked_val_acc, refit_after_cut, warn
 from splitc.learn.health import LEARNED_FLAG, chance_warning, near_chance
 from splitc.learn.optim import lr_ramp_steps, schedule_at
 from splitc.learn.ranks import SINGLE, Ranks
@@ -85,6 +85,7 @@ def learn(config: LearnConfig, progress: bool = True, ranks: Ranks = SINGLE) -> 
     _train(run, progress)
     # --epochs 0 from trained weights (a one-shot split): the network is the start, already measured
     val_acc = run.start_val_acc if run.step == 0 and run.start_val_acc is not None else evaluate(run)
+    refit_after_cut(run)   # after the dense accuracy: from here the network is the refit cut
     save_run(run)
     result = _finish(run, val_acc)
     ranks.barrier()   # every rank returns after rank 0 has written its files
@@ -213,7 +214,8 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
                            s in run.frozen) for s in sorted(soft)]
     shares = cut_shares(run)
-    masked_acc = (run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None   # the cut, untouched
+    masked_acc = (run.refit["masked_val_acc"] if run.refit is not None   # the cut before its refit
+                  else run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None   # the cut, untouched
                   else masked_val_acc(run) if run.aset.by_space else None)
     classes, n_val = run.data.num_classes, len(run.data.val)
     learned = not near_chance(val_acc, classes, n_val)
@@ -230,11 +232,13 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
            LEARNED_FLAG: learned, "warnings": run.warnings, "warmup_steps": run.warmup_steps,
            "committed": run.committed, "grad_share": run.grad_share, "weights": run.weights,
            "start_val_acc": run.start_val_acc, "oneshot_val_acc": run.oneshot_val_acc, "trained_start": run.trained,
-           "teacher": None if run.teacher_sha256 is None else {"file": TEACHER, "sha256": run.teacher_sha256}}
+           "teacher": None if run.teacher_sha256 is None else {"file": TEACHER, "sha256": run.teacher_sha256},
+           "refit": run.refit}
     if run.ranks.main:
         atomic_write_text(run.run_dir / ASSIGNMENT, json.dumps(doc, indent=1))
     return LearnResult(run.run_dir, run.run_dir / CHECKPOINT, train_acc(run), val_acc,
                        {s["name"]: s["group_sizes"] for s in spaces}, ari, run.feature_ari, run.step,
                        run.energy_ari, shares.get("total"), masked_acc, learned, tuple(run.warnings),
                        run.config.init_groups, run.start_val_acc, run.oneshot_val_acc,
-                       None if run.teacher_sha256 is None else str(run.run_dir / TEACHER))
+                       None if run.teacher_sha256 is None else str(run.run_dir / TEACHER),
+                       None if run.refit is None else run.refit["refit_val_acc"])

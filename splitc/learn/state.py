@@ -78,6 +78,7 @@ class LearnRun:
     start_notes: tuple[str, ...] = ()          # what loading --weights adapted or found (learn_start)
     weights: dict[str, str] | None = None      # --weights: source, path, SHA-256
     oneshot_val_acc: float | None = None       # the start cut at once by the committed groups
+    refit: dict[str, Any] | None = None        # learn.refit's report and the accuracies around it
     teacher_sha256: str | None = None          # teacher.safetensors, written when the regularizers start
     session: Any = None                        # the recipe driving this run (learn.session.SplitSession)
     train: Dataset | None = None               # what learn's own loop trains on (SplitNet: the caller's loop)

@@ -55,20 +55,26 @@ def mask_inter_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope,
                      assignment: HardAssignment) -> fx.GraphModule:
     """Entry point: a copy of ``gm`` with every weight outside ``keep_mask`` set to zero."""
     new = copy.deepcopy(gm)
+    with torch.no_grad():
+        for name, mask in weight_masks(ir, scope, assignment).items():
+            weight = new.get_parameter(f"{name}.weight")
+            shape = mask.shape + (1,) * (weight.dim() - mask.dim())
+            weight.mul_(mask.reshape(shape).to(weight.dtype))
+    return new
+
+
+def weight_masks(ir: ChannelIR, scope: Scope, assignment: HardAssignment) -> dict[str, torch.Tensor]:
+    """Per module computed in the branches, the bool keep mask in its weight's (out, in/k)
+    layout (the layers :func:`mask_inter_group` masks; a module called twice keeps a weight
+    only if every call keeps it)."""
     place = Placement(ir, scope, assignment)
     masks: dict[str, torch.Tensor] = {}
     for layer in ir.layers:
         if place.runs_at(layer.out_elems) < 0:
             continue
         mask = _weight_layout(keep_mask(ir, scope, assignment, layer, place), layer)
-        # A module called twice keeps a weight only if every call keeps it.
         masks[layer.name] = masks[layer.name] & mask if layer.name in masks else mask
-    with torch.no_grad():
-        for name, mask in masks.items():
-            weight = new.get_parameter(f"{name}.weight")
-            shape = mask.shape + (1,) * (weight.dim() - mask.dim())
-            weight.mul_(mask.reshape(shape).to(weight.dtype))
-    return new
+    return masks
 
 
 def mask_for_group(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, assignment: HardAssignment,
