@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/splitc demo
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 -m 'not slow and not ray' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --durations=15 -m 'not slow and not ray' $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p no:xdist -m 'ray and not slow' $(PYTEST_ARGS)
 
 # The built wheel (python -m build) in a fresh virtual environment outside the checkout, its

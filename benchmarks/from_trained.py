@@ -27,7 +27,7 @@ the compressed rows have the split's params:
   its ``--split-from`` region, ``anchors.prune_to``) to the split's params, then finetuned with
   finetune's optimiser (SGD lr 0.01, Nesterov, wd 5e-4, cosine) without / with distillation;
 - ``narrow``: resnet20 at the split's params trained from scratch for teacher + post epochs;
-- ``scratch``: the split architecture itself (the default row's split model, re-initialised)
+- ``scratch``: the split architecture itself (the oneshot row's split model, else the default's, re-initialised)
   trained from scratch for teacher + post epochs: the control of Liu et al. 2019;
 - ``e2e``: today's from-scratch path (learn, split, finetune at their default budgets, no teacher),
   run in the same pool as the rows above: the wall time the from-trained path is compared with.
@@ -287,7 +287,8 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
         model = CifarResNet(20, bundle.num_classes, narrow_widths(target, bundle.num_classes))
         fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
     else:   # scratch: the default split's architecture, every layer re-initialised
-        model = load_split(Path(args.out) / f"default-g{groups}-seed{seed}" / "split").model
+        made = [Path(args.out) / f"{k}-g{groups}-seed{seed}" / "split" for k in ("oneshot", "default")]
+        model = load_split(next((m for m in made if m.is_dir()), made[-1])).model
         for module in model.modules():
             if hasattr(module, "reset_parameters") and module is not model:
                 module.reset_parameters()
@@ -366,6 +367,8 @@ def report(runs: list[dict]) -> None:
                     or list({r["seed"]: r["start_val_acc"] for r in runs if r["key"] == "default"}.values()))
     ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
     print(f"teacher (plain resnet20): {ms(teachers)}")
+    timed = [r["seconds"] for r in runs if r["key"] == "teacher" and r.get("seconds")]
+    teacher_seconds = statistics.fmean(timed) if timed else None
     rows = summarise(runs)
     print(table(["G", "method", "params", "val acc", "one-shot split", "split before finetune", "BN re-estimated",
                  "superclass ARI", "seconds per run"],
@@ -382,6 +385,9 @@ def report(runs: list[dict]) -> None:
                       f"(sum of stds {100 * (r['val_acc'][1] + o['val_acc'][1]):.2f} pp)")
         if key.split("+")[0] in SPLITC and teachers:
             print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
+        if key in SPLITC and teacher_seconds:   # acceptance 4: learn + split + finetune against training the teacher
+            print(f"G={g} {key} wall time / the teacher's: {r['seconds'] / teacher_seconds:.2f} "
+                  f"({r['seconds']:.0f} s vs {teacher_seconds:.0f} s, both one torch thread, two runs at once)")
         if key in SPLITC and (g, "e2e") in by:
             e2e = by[(g, "e2e")]
             print(f"G={g} {key} wall time / the from-scratch path's: {r['seconds'] / e2e['seconds']:.2f} "

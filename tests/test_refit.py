@@ -114,6 +114,7 @@ def test_a_refit_one_shot_split_is_its_masked_model_and_scores_what_learn_said(t
     assert doc["layers"] and doc["error_after"] < doc["error_before"]
     assert result.refit_val_acc == doc["refit_val_acc"] and doc["masked_val_acc"] == result.oneshot_val_acc
     assert result.refit_val_acc > result.oneshot_val_acc      # the cut this test makes loses accuracy; refit wins it back
+    assert result.cut_energy > 0.3                            # what the cut removed, measured before the refit zeroed it
     summary = run_split(tmp_path / "run", tmp_path / "split", accept_unlearned=True)
     assert summary["max_rel_err"] < 1e-4                      # split = masked (the refit masked model)
     bundle = load_data(DATA, seed=0)

@@ -128,6 +128,7 @@ def run_demo(out: str, fast: bool, progress: bool = True, data: str = "synthetic
         "report": str(Path(report)), "seconds": times, "fast": fast, "data": plan.data,
         # learn measures the --weights it starts from: the teacher's accuracy, not evaluated twice
         "teacher_val_acc": learned.start_val_acc if teacher else None, "class_groups": class_groups(folder / "run"),
+        "cut_val_acc": learned.oneshot_val_acc if teacher else None, "refit_val_acc": learned.refit_val_acc,
     }
     (folder / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -173,6 +174,9 @@ def render_summary(summary: dict[str, Any]) -> str:
     rows = [["data", summary.get("data", "synthetic")]]
     if summary.get("teacher_val_acc") is not None:
         rows.append(["teacher accuracy (plain, before the split)", num(summary["teacher_val_acc"])])
+    if summary.get("refit_val_acc") is not None:
+        rows.append(["the cut before finetune: as cut / refit", f"{num(summary.get('cut_val_acc'))} / "
+                                                             f"{num(summary['refit_val_acc'])}"])
     rows += [
         ["accuracy: unsplit (after learn) / split (after finetune) / ONNX",
          f"{num(summary['unsplit_val_acc'])} / {num(summary['split_val_acc'])} / {num(summary['onnx_val_acc'])}"],

@@ -227,8 +227,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
                "feature_ari": result.feature_ari, "classifier_energy_ari": result.classifier_energy_ari,
                "cut_energy": result.cut_energy, "masked_val_acc": result.masked_val_acc, "steps": result.steps,
                "learned": result.learned, "start_val_acc": result.start_val_acc,
-               "oneshot_val_acc": result.oneshot_val_acc, "teacher": result.teacher,
-               "warnings": list(result.warnings)}
+               "oneshot_val_acc": result.oneshot_val_acc, "refit_val_acc": result.refit_val_acc,
+               "teacher": result.teacher, "warnings": list(result.warnings)}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -171,8 +171,9 @@ def refit_after_cut(run: LearnRun) -> None:
     if run.teacher_sha256 is None and run.ranks.main and run.run_dir is not None:
         run.teacher_sha256 = save_teacher(run.analysis.gm, run.run_dir)
     before = (run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None else masked_val_acc(run))
+    shares = cut_shares(run)   # what the cut removes, measured before the refit zeroes it
     refit, record = refit_model(run, hard)
     with torch.no_grad():
         run.analysis.gm.load_state_dict(refit.state_dict())
-    run.refit = {"masked_val_acc": before, "refit_val_acc": evaluate(run), **record}
+    run.refit = {"masked_val_acc": before, "refit_val_acc": evaluate(run), "cut_energy": shares, **record}
     log_record(run, {"kind": "refit", "step": run.step, **run.refit})

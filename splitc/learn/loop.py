@@ -213,7 +213,7 @@ def _finish(run: LearnRun, val_acc: float) -> LearnResult:
     threshold = run.config.overlap if run.config.overlap is not None else REPORT_OVERLAP
     spaces = [space_report(run.analysis.ir, run.analysis.scope, s, soft[s], hard[s], threshold,
                            s in run.frozen) for s in sorted(soft)]
-    shares = cut_shares(run)
+    shares = run.refit["cut_energy"] if run.refit is not None else cut_shares(run)   # before the refit zeroed the cut
     masked_acc = (run.refit["masked_val_acc"] if run.refit is not None   # the cut before its refit
                   else run.oneshot_val_acc if run.step == 0 and run.oneshot_val_acc is not None   # the cut, untouched
                   else masked_val_acc(run) if run.aset.by_space else None)
