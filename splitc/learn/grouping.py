@@ -131,8 +131,9 @@ def warn(run: LearnRun, message: str) -> None:
 
 
 def wants_refit(run: LearnRun) -> bool:
-    """``refit`` as given, else on for a run from trained weights (a cut of a trained network)."""
-    wanted = run.config.refit if run.config.refit is not None else run.trained
+    """``refit`` as given, else on for a run from trained weights (a cut of a trained network)
+    without ``overlap`` (an overlapping split keeps inter-group weights the refit would zero)."""
+    wanted = run.config.refit if run.config.refit is not None else (run.trained and run.config.overlap is None)
     return bool(wanted) and bool(run.aset.by_space) and run.data.probe is not None
 
 
