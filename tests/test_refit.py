@@ -120,6 +120,8 @@ def test_a_refit_one_shot_split_is_its_masked_model_and_scores_what_learn_said(t
     bundle = load_data(DATA, seed=0)
     split = load_split(tmp_path / "split").model
     assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(result.refit_val_acc, abs=2e-3)
+    overlapping = run_split(tmp_path / "run", tmp_path / "overlap", overlap=0.1, accept_unlearned=True)
+    assert any("--no-refit for an overlapping split" in w for w in overlapping["warnings"])
 
 
 def test_no_refit_leaves_the_cut_as_cut(trained, tmp_path: Path) -> None:

@@ -86,7 +86,19 @@ def run_split(run_dir: str | os.PathLike, out: str | os.PathLike, overlap: float
               "data": ckpt["identity"]["data"], "trained_start": trained_start(Path(run_dir))}
     summary = write_split(analysis, hard, out, _class_names(Path(run_dir), analysis.num_classes), origin, force)
     copy_teacher(Path(run_dir), Path(out))
-    return {**summary, "warnings": analysis_warnings(analysis), "pass_seconds": runner.report()}
+    notes = list(analysis_warnings(analysis))
+    if overlap is not None and refit_of(Path(run_dir)):
+        notes.append("the run was refit to its hard groups (learn --refit), so its inter-group weights are zero and "
+                     "--overlap copies fuzzy channels without them; learn with --no-refit for an overlapping split")
+    return {**summary, "warnings": notes, "pass_seconds": runner.report()}
+
+
+def refit_of(run_dir: Path) -> dict | None:
+    """The run's refit record (learn.refit), None where it was not refit."""
+    try:
+        return json.loads((run_dir / ASSIGNMENT_JSON).read_text(encoding="utf-8")).get("refit")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def copy_teacher(run_dir: Path, out: Path) -> None:
