@@ -87,6 +87,8 @@ ROWS = {
     "random-oneshot": "SplitNet-Random from the teacher, one-shot",
     "random-oneshot+kd": "SplitNet-Random from the teacher, one-shot, --distill",
     "random-oneshot-norefit": "SplitNet-Random from the teacher, one-shot, --no-refit",
+    "oneshot-norefit+kd": "splitc from the teacher: one-shot, --no-refit, --distill",
+    "random-oneshot-norefit+kd": "SplitNet-Random from the teacher, one-shot, --no-refit, --distill",
     "oneshot+kd-soft": f"splitc default from the teacher: one-shot, --distill-t {SOFT_KD[0]:g} --distill-alpha {SOFT_KD[1]:g}",
     "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
     "pruned+kd": "Torch-Pruning from the teacher, distilled",
