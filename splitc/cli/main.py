@@ -141,10 +141,8 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
 @scope_options
 @click.option("--assign", type=click.Choice(list(ASSIGNMENT_KINDS)), default="softmax",
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
-@click.option("--refit/--no-refit", default=None,
-              help="At the end of learn, refit the weights the cut keeps by least squares so that the split "
-                   "reproduces the dense network layer by layer on 512 training images (default: on from "
-                   "trained --weights, off from scratch).")
+@click.option("--refit/--no-refit", default=None, help="Refit the weights the cut keeps so that the split reproduces "
+              "the dense network layer by layer on 512 training images (default: on from trained --weights).")
 @click.option("--init-groups", type=click.Choice(list(INIT_GROUPS)), default=None,
               help="How the groups are found. cluster-cut (the default for one-level splits): the class "
                    "map is a balanced spectral clustering of the warmed-up class-mean features and "
