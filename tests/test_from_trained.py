@@ -31,24 +31,9 @@ DATA = "synthetic:fast"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, float]:
-    """resnet20 trained briefly (Adam, 2 epochs): clearly above chance on synthetic:fast."""
-    torch.manual_seed(0)
-    bundle = load_data(DATA, seed=0)
-    model = zoo.build("resnet20", bundle.num_classes)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    loader = torch.utils.data.DataLoader(bundle.train, batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
-    torch.save(model.state_dict(), path)
-    return path, accuracy(model, bundle.val, torch.device("cpu"))
+def trained(trained_resnet20) -> tuple[Path, float]:
+    """The suite's briefly trained resnet20 (conftest): its path and validation accuracy."""
+    return trained_resnet20
 
 
 @pytest.fixture(scope="module")

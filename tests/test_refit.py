@@ -17,7 +17,6 @@ from splitc.compile.split_dir import load_split
 from splitc.compile.split_run import run_split
 from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
-from splitc.graph import zoo
 from splitc.learn.loop import LearnConfig, learn
 from splitc.learn.refit import refit_cut
 
@@ -87,24 +86,10 @@ def test_an_exact_cut_is_reproduced_exactly() -> None:
     torch.testing.assert_close(masked.b.weight, dense.b.weight, rtol=1e-3, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """resnet20 trained briefly (Adam, 2 epochs) on synthetic:fast."""
-    torch.manual_seed(0)
-    bundle = load_data(DATA, seed=0)
-    model = zoo.build("resnet20", bundle.num_classes)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    loader = torch.utils.data.DataLoader(bundle.train, batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("weights") / "resnet20.pt"
-    torch.save(model.state_dict(), path)
-    return path
+@pytest.fixture
+def trained(trained_resnet20) -> Path:
+    """The suite's briefly trained resnet20 (conftest), its path."""
+    return trained_resnet20[0]
 
 
 def test_a_refit_one_shot_split_is_its_masked_model_and_scores_what_learn_said(trained, tmp_path: Path) -> None:
