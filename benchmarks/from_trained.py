@@ -35,8 +35,9 @@ the compressed rows have the split's params:
 A hierarchy (``2,2``) has no one-shot grouping: its split rows learn for ``--learn-epochs`` first.
 Beside each accuracy the JSON keeps, per run: the class groups by name, the split (or pruned
 network) before finetune with its BatchNorm statistics re-estimated on 50 training batches (how
-much of the drop at the cut is stale statistics), and the validation accuracy after every
-finetune epoch.
+much of the drop at the cut is stale statistics), and with ``--epoch-curve`` the validation
+accuracy after every finetune epoch (finetune validates after its last epoch only by default, so
+without it the seconds are the defaults').
 
 It prints per row the mean ± std over the seeds of the final accuracy, of the one-shot split
 (groups committed, nothing cleared) and of the split after clearing, and the seconds per run
@@ -202,7 +203,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
         t0 = time.perf_counter()
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
                                         epochs=args.post_epochs - learn_epochs,
-                                        batch_size=args.batch_size,
+                                        batch_size=args.batch_size, eval_every=int(args.epoch_curve),
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
@@ -284,7 +285,8 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
         extra["recal_val_acc"] = recalibrated(model, bundle)
         extra["epoch_val_acc"] = []
         finetune_dense(model, bundle, args.post_epochs, args, seed, teacher.eval() if key.endswith("+kd") else None,
-                       on_epoch=lambda e: extra["epoch_val_acc"].append(accuracy(model, bundle.val, CPU)))
+                       on_epoch=(lambda e: extra["epoch_val_acc"].append(accuracy(model, bundle.val, CPU)))
+                       if args.epoch_curve else None)
     elif key == "narrow":
         model = CifarResNet(20, bundle.num_classes, narrow_widths(target, bundle.num_classes))
         fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
@@ -443,6 +445,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-kd", dest="no_kd", action="store_true",
                         help="split rows without their distilled twin (half the finetune time)")
+    parser.add_argument("--epoch-curve", dest="epoch_curve", action="store_true",
+                        help="validate after every finetune epoch (the accuracy-per-epoch lines; costs time)")
     parser.add_argument("--merge", nargs="*", default=[], help="earlier runs' JSON (same teachers) to report with")
     parser.add_argument("--report-only", action="store_true", help="print the table of --merge and exit")
     args = parser.parse_args()

@@ -169,3 +169,17 @@ def test_a_hierarchy_from_trained_weights_learns_its_groups_first(trained, tmp_p
     assert any("a hierarchy has no one-shot split" in w for w in result.warnings)
     per_epoch = len(load_data(DATA).train) // 64
     assert result.steps == TRAINED_HIERARCHY_EPOCHS * per_epoch
+
+
+@pytest.mark.parametrize("eval_every, evaluated_after", [(0, [2]), (2, [1, 2])])
+def test_finetune_validates_after_its_last_epoch_unless_asked_more_often(from_trained, tmp_path: Path,
+                                                                         eval_every: int, evaluated_after: list) -> None:
+    """A validation costs about a third of a training epoch: by default only the last epoch has
+    one (its accuracy is the result); --eval-every N adds one after every N-th epoch."""
+    split = Path(shutil.copytree(from_trained[1], tmp_path / "split"))
+    result = finetune(FinetuneConfig(str(split), data=DATA, epochs=3, batch_size=400, eval_every=eval_every,
+                                     force=True), progress=False)
+    records = [json.loads(line) for line in (split / "finetune_metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in records if r.get("kind") == "epoch_end"]
+    assert [r["epoch"] for r in ends] == evaluated_after and result.steps == 9
+    assert ends[-1]["val_acc"] == result.val_acc

@@ -351,6 +351,8 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
 @click.option("--distill-alpha", type=SHARE, default=None, help="Weight a of the soft term (default 0.9).")
 @click.option("--normalize", default=None, metavar="FORM",
               help="Input normalisation; default: the one the learn run used. " + NORMALIZE_HELP)
+@click.option("--eval-every", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Validate after every N epochs too (default 0: after the last epoch only).")
 @click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
@@ -361,11 +363,8 @@ def finetune(split_dir: str, no_flip: bool, as_json: bool, **options) -> None:
 
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     result = run_finetune(FinetuneConfig(split_dir=split_dir, flip=not no_flip, **given), progress=not as_json)
-    if as_json:
-        click.echo(json.dumps(asdict(result)))
-    else:
-        for key, value in asdict(result).items():
-            click.echo(f"{key:10s} {value}")
+    lines = [json.dumps(asdict(result))] if as_json else [f"{k:10s} {v}" for k, v in asdict(result).items()]
+    click.echo("\n".join(lines))
 
 
 from splitc.cli.deploy import register  # noqa: E402  (export, run, bench)
