@@ -183,3 +183,5 @@ def test_finetune_validates_after_its_last_epoch_unless_asked_more_often(from_tr
     ends = [r for r in records if r.get("kind") == "epoch_end"]
     assert [r["epoch"] for r in ends] == evaluated_after and result.steps == 9
     assert ends[-1]["val_acc"] == result.val_acc
+    done = json.loads((split / "split.json").read_text())["finetune"]   # the defaults it resolved, recorded
+    assert done["epochs"] == 3 and done["lr"] == FinetuneConfig.lr and done["eval_every"] == eval_every

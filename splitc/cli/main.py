@@ -334,7 +334,7 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
               help="Default 10, or 4 for a split cut from trained --weights (its teacher already trained).")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=AT_LEAST_ONE, default=None)
-@click.option("--lr", type=POSITIVE, default=None)
+@click.option("--lr", type=POSITIVE, default=None, help="Peak (cosine); default 0.01.")
 @click.option("--weight-decay", type=NON_NEGATIVE, default=None, help="Default 5e-4, as in the paper.")
 @click.option("--schedule", type=click.Choice(["cosine", "step"]), default=None)
 @click.option("--device", default=None, help="cpu or cuda.")

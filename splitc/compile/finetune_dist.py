@@ -292,7 +292,7 @@ def _train_rank(config: FinetuneConfig, rank: int, world: int, local_world: int,
     model = to_run(RankModel(loaded.model, placement, rank, config.seed), run)
     replica = RankReplica(model, loaded.model, rank, world)
     del loaded  # the other ranks' branches go with it
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, run.config)
     if ckpt is not None:
         model.load_state_dict({k: ckpt["model"][k] for k in model.state_dict()})
         optimizer.load_state_dict(replica.local_optimizer_state(ckpt["optimizer"]))
