@@ -203,7 +203,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
         t0 = time.perf_counter()
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
                                         epochs=args.post_epochs - learn_epochs,
-                                        batch_size=args.batch_size, eval_every=int(args.epoch_curve), lr=args.finetune_lr,
+                                        batch_size=args.batch_size, eval_every=int(args.epoch_curve), lr=args.finetune_lr or FinetuneConfig.lr,
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
