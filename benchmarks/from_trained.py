@@ -203,7 +203,8 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
         t0 = time.perf_counter()
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
                                         epochs=args.post_epochs - learn_epochs,
-                                        batch_size=args.batch_size, eval_every=int(args.epoch_curve), lr=args.finetune_lr or FinetuneConfig.lr,
+                                        batch_size=args.batch_size, eval_every=int(args.epoch_curve),
+                                        lr=args.finetune_lr,
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
@@ -213,7 +214,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
                      "superclass_ari": result.superclass_ari, "split_dir": str(folder),
                      "recal_val_acc": recal, "class_groups": named_groups(out / "run"),
                      "epoch_val_acc": epoch_curve(folder), "learn_epochs": learn_epochs,
-                     "finetune_lr": read_meta(folder)["finetune"]["lr"],
+                     "finetune_lr": args.finetune_lr,
                      "seconds": round(shared + time.perf_counter() - t0, 1),
                      "finetune_seconds": round(time.perf_counter() - t0, 1)})
     return rows
@@ -257,8 +258,7 @@ def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.N
     from splitc.learn.plain import train_epochs
 
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
-    lr = args.finetune_lr or FinetuneConfig.lr
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
     def distilled(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -287,7 +287,7 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
         extra["oneshot_val_acc"] = accuracy(model, bundle.val, CPU)
         extra["recal_val_acc"] = recalibrated(model, bundle)
         extra["epoch_val_acc"] = []
-        extra["finetune_lr"] = args.finetune_lr or FinetuneConfig.lr
+        extra["finetune_lr"] = args.finetune_lr
         finetune_dense(model, bundle, args.post_epochs, args, seed, teacher.eval() if key.endswith("+kd") else None,
                        on_epoch=(lambda e: extra["epoch_val_acc"].append(accuracy(model, bundle.val, CPU)))
                        if args.epoch_curve else None)
@@ -449,7 +449,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-kd", dest="no_kd", action="store_true",
                         help="split rows without their distilled twin (half the finetune time)")
-    parser.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=None,
+    parser.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=FinetuneConfig.lr,
                         help="finetune's peak lr for every row after the teacher (default: finetune's own)")
     parser.add_argument("--epoch-curve", dest="epoch_curve", action="store_true",
                         help="validate after every finetune epoch (the accuracy-per-epoch lines; costs time)")
