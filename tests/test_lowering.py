@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,17 @@ def split(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def exported(split: Path, tmp_path_factory) -> dict:
+    """The split exported once with every candidate lowered and once with --no-lower: export is
+    the slow step (tens of seconds each), so the tests below share these two folders (a test
+    that edits the manifest works on a copy)."""
+    root = tmp_path_factory.mktemp("lower-onnx")
+    always = export_split(split, root / "always", "cpu", lower="always")
+    plain = export_split(split, root / "plain", "cpu", lower=False)
+    return {"always": (root / "always", *always), "plain": (root / "plain", *plain)}
+
+
 def finetuned(split: Path):
     """The split loaded with its branch weights moved, as a finetune moves them."""
     loaded = load_split(split)
@@ -94,9 +106,11 @@ def test_every_lowering_equals_the_split(split: Path, which: str) -> None:
     assert max_error(dense.module(lowered), loaded.model, loaded.input_size) < 1e-5
 
 
-def test_export_writes_a_checked_lowered_graph_and_the_runtime_uses_the_choice(split: Path, tmp_path: Path) -> None:
+def test_export_writes_a_checked_lowered_graph_and_the_runtime_uses_the_choice(split: Path, exported: dict,
+                                                                              tmp_path: Path) -> None:
+    folder, manifest, times = exported["always"]   # every candidate grouped, no timing
     art = tmp_path / "onnx"
-    manifest, times = export_split(split, art, "cpu", lower="always")   # every candidate grouped, no timing
+    shutil.copytree(folder, art)   # the manifest is edited below
     low = manifest.lowering
     assert manifest.lowered is not None and low["lowered"]
     assert low["max_rel_err"] <= 1e-4
@@ -118,8 +132,8 @@ def test_export_writes_a_checked_lowered_graph_and_the_runtime_uses_the_choice(s
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
 
 
-def test_no_lower_keeps_the_branch_graph(split: Path, tmp_path: Path) -> None:
-    manifest, _ = export_split(split, tmp_path / "onnx", "cpu", lower=False)
+def test_no_lower_keeps_the_branch_graph(exported: dict) -> None:
+    _, manifest, _ = exported["plain"]
     assert manifest.lowered is None and manifest.one_device == "fused"
     assert manifest.lowering == {"lowered": False, "reason": "export --no-lower"}
     assert dataclasses.replace(manifest).one_device_graph == manifest.fused
@@ -201,23 +215,22 @@ def test_padding_equals_the_split_or_says_why_not(name: str, tmp_path: Path) -> 
         assert max_error(dense.module(padded), loaded.model, loaded.input_size) < 1e-5
 
 
-def test_kernel_limit_profiles_every_grouped_conv(split: Path, tmp_path: Path) -> None:
+def test_kernel_limit_profiles_every_grouped_conv(exported: dict) -> None:
     """The perfect-kernel limit finds each lowered conv in ONNX Runtime's profile by name."""
     from splitc.deploy.kernel_limit import kernel_limit
 
-    manifest, _ = export_split(split, tmp_path / "onnx", "cpu", lower="always")
-    result = kernel_limit(tmp_path / "onnx", batch=4, reps=5, threads=1)
+    folder, manifest, _ = exported["always"]
+    result = kernel_limit(folder, batch=4, reps=5, threads=1)
     assert result["unmatched"] == 0 and result["grouped"] == len(manifest.lowering["layers"]) > 0
     assert 0 < result["limit"] < 1 and result["kernel"] > 0
     # the limit charges only the grouped convs, each at least 1/k of its dense time: never below FLOPs
     assert result["limit"] >= manifest.fused.flops / manifest.unsplit.flops - 0.05
 
 
-def test_kernel_limit_without_a_lowered_graph_says_why(split: Path, tmp_path: Path) -> None:
+def test_kernel_limit_without_a_lowered_graph_says_why(exported: dict) -> None:
     from splitc.deploy.kernel_limit import kernel_limit
 
-    export_split(split, tmp_path / "onnx", "cpu", lower=False)
-    result = kernel_limit(tmp_path / "onnx")
+    result = kernel_limit(exported["plain"][0])
     assert result["limit"] is None and "no lowered graph" in result["reason"]
 
 

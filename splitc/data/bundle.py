@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
+
+if TYPE_CHECKING:   # torchvision costs 3 s of import (its ops load torch._dynamo): only where data is built
+    from torchvision import transforms as T
 
 from splitc.core.errors import SplitcError
 from splitc.data.sizes import Size
@@ -66,6 +69,8 @@ def padding(size: Size) -> int:
 
 def augment(size: Size, flip: bool) -> list[torch.nn.Module]:
     """Train-only augmentation on tensors: zero-padded random crop, optional h-flip."""
+    from torchvision import transforms as T
+
     steps: list[torch.nn.Module] = [T.RandomCrop((size[1], size[2]), padding=padding(size))]
     if flip:
         steps.append(T.RandomHorizontalFlip())
@@ -85,6 +90,8 @@ def stats_for(stats: Stats, channels: int) -> Stats:
 def tensor_transform(native_hw: tuple[int, int], size: Size, stats: Stats,
                       train: bool, flip: bool) -> T.Compose:
     """Resize (bilinear, only if needed), augment (train only), normalise."""
+    from torchvision import transforms as T
+
     steps: list[torch.nn.Module] = []
     if native_hw != (size[1], size[2]):
         steps.append(T.Resize((size[1], size[2]), antialias=True))
