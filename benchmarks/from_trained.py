@@ -83,6 +83,7 @@ ROWS = {
     "oneshot": "splitc default from the teacher: one-shot (learn --epochs 0)",
     "oneshot+kd": "splitc default from the teacher: one-shot, --distill",
     "oneshot-norefit": "splitc from the teacher: one-shot, --no-refit (the default before the refit)",
+    "transplant": "splitc from the teacher: one-shot, --transplant",
     "random": "SplitNet-Random from the teacher, R_W clears the cut",
     "random+kd": "SplitNet-Random from the teacher, R_W clears the cut, --distill",
     "random-oneshot": "SplitNet-Random from the teacher, one-shot",
@@ -171,11 +172,12 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU), "seconds": seconds}
 
 
-SPLITC = ("default", "classifier", "oneshot", "oneshot-norefit")     # splitc's own rows, compared with the anchors
+SPLITC = ("default", "classifier", "oneshot", "oneshot-norefit", "transplant")     # splitc's own rows, compared with the anchors
 SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
               "oneshot": {}, "random-oneshot": {"assign": "random"}, "oneshot-norefit": {"refit": False},
+              "transplant": {"transplant": True},
               "random-oneshot-norefit": {"assign": "random", "refit": False}}
-ONESHOT = ("oneshot", "random-oneshot", "oneshot-norefit", "random-oneshot-norefit")   # learn --epochs 0: the cut made at once, every post epoch in finetune
+ONESHOT = ("oneshot", "random-oneshot", "oneshot-norefit", "random-oneshot-norefit", "transplant")   # learn --epochs 0: the cut made at once, every post epoch in finetune
 
 
 def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> list[dict]:
@@ -386,7 +388,8 @@ def report(runs: list[dict]) -> None:
     by = {(r["groups"], r["key"]): r for r in rows}
     for (g, key), r in by.items():
         kd = key[len(key.split("+")[0]):]
-        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd, "oneshot-norefit" + kd):
+        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd, "oneshot" + kd,
+                    "oneshot-norefit" + kd):
             if key.split("+")[0] in SPLITC and key != ref and (g, ref) in by:
                 o = by[(g, ref)]
                 print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "

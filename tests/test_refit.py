@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from splitc.compile.split_dir import load_split
 from splitc.compile.split_run import run_split
+from splitc.core.errors import SplitcError
 from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
 from splitc.learn.loop import LearnConfig, learn
@@ -117,3 +118,57 @@ def test_no_refit_leaves_the_cut_as_cut(trained, tmp_path: Path) -> None:
     teacher = torch.load(trained, weights_only=True)
     learned = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     assert torch.equal(learned["layer3.1.conv1.weight"], teacher["layer3.1.conv1.weight"])
+
+
+def test_transplant_gives_each_group_its_most_important_channels_and_the_refit_reproduces_them() -> None:
+    """Each group's slots take distinct channels, the top ones for its classes (never less of the
+    importance than the group held), every tensor of a moved space follows, and the refit
+    reproduces the moved channels better than the cut does."""
+    import numpy as np
+
+    from splitc.graph.analysis import analyse
+    from splitc.graph.group_tree import HardAssignment
+    from splitc.graph.scope import ScopeSpec
+    from splitc.learn.transplant import transplant
+    from splitc.passes.mask import mask_inter_group, weight_masks
+
+    torch.manual_seed(0)
+    a = analyse("resnet20", ScopeSpec((4,), split_from=("layer3",)), num_classes=8)
+    rng = np.random.default_rng(0)
+    hard = HardAssignment({s: rng.permutation(np.arange(len(a.ir.spaces[s].nodes)) % 4) for s in a.scope.level_of})
+    pairs = [(torch.randn(32, 3, 32, 32), torch.randint(0, 8, (32,))) for _ in range(2)]
+    moved = transplant(a.gm, a.ir, a.scope, hard, pairs)
+    assert moved.kept_after and all(moved.kept_after[s] >= moved.kept_before[s] - 1e-12 for s in moved.kept_after)
+    assert any(moved.kept_after[s] > moved.kept_before[s] for s in moved.kept_after)
+    layers = {layer.name: layer for layer in a.ir.layers}
+    for name, source in moved.sources.items():   # within a group, every slot holds another channel
+        layer = layers[name]
+        groups = hard.groups_of_space[int(a.ir.space_of[layer.out_elems[0]])][a.ir.node_index[layer.out_elems]]
+        for g in range(4):
+            picked = source[torch.as_tensor(groups == g)]
+            assert len(set(picked.tolist())) == len(picked)
+    first = "layer3.0.conv1"     # reads the trunk only: its weights are the dense rows, gathered
+    assert first in moved.sources and "fc" not in moved.sources   # the classes keep their places
+    dense, gathered = a.gm.get_submodule(first).weight, moved.gm.get_submodule(first).weight
+    assert torch.equal(gathered, dense.index_select(0, moved.sources[first]))
+    masked = mask_inter_group(moved.gm, a.ir, a.scope, hard)
+    report = refit_cut(a.gm, masked, weight_masks(a.ir, a.scope, hard), [x for x, _ in pairs],
+                       sources=moved.sources)
+    assert report.error_after < report.error_before
+
+
+def test_a_transplanted_split_is_its_masked_model_and_says_what_moved(trained, tmp_path: Path) -> None:
+    result = learn(LearnConfig(model="resnet20", data=DATA, groups="4", split_from="layer3", weights=str(trained),
+                               out=str(tmp_path / "run"), transplant=True), progress=False)
+    doc = json.loads((tmp_path / "run" / "assignment.json").read_text())["refit"]
+    held, moved = doc["transplant"]["importance_held"], doc["transplant"]["importance_transplanted"]
+    assert held.keys() == moved.keys() and all(moved[s] >= held[s] for s in held)
+    assert doc["error_after"] < doc["error_before"]
+    summary = run_split(tmp_path / "run", tmp_path / "split", accept_unlearned=True)
+    assert summary["max_rel_err"] < 1e-4                      # split = masked, the transplanted refit masked model
+    split = load_split(tmp_path / "split").model
+    bundle = load_data(DATA, seed=0)
+    assert accuracy(split, bundle.val, torch.device("cpu")) == pytest.approx(result.refit_val_acc, abs=2e-3)
+    with pytest.raises(SplitcError, match="transplant"):
+        learn(LearnConfig(model="resnet20", data=DATA, groups="4", weights=str(trained), out=str(tmp_path / "no"),
+                          transplant=True, refit=False), progress=False)

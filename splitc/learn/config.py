@@ -56,7 +56,7 @@ COMMIT_GROUPS, ASSIGN_OPTIMIZERS = get_args(CommitGroups), get_args(AssignOptimi
 SCRATCH_DEFAULTS = {"lr": 0.1, "gamma_w": 1.0, "warmup_epochs": 3.0, "warmup": "adaptive", "lr_warmup_epochs": 0.5}
 # The options of the recipe itself, which ``splitc.SplitNet`` takes as keywords beside the scope
 # (the others say where a ``splitc learn`` run reads its data, writes, resumes, and how long it runs)
-RECIPE_OPTIONS = ("assign", "init_groups", "refit", "gamma_w", "gamma_d", "gamma_d_end", "gamma_d_rise", "gamma_e",
+RECIPE_OPTIONS = ("assign", "init_groups", "refit", "transplant", "gamma_w", "gamma_d", "gamma_d_end", "gamma_d_rise", "gamma_e",
                   "assign_optimizer", "assign_lr_mult", "warmup_epochs", "warmup", "commit", "commit_groups",
                   "soft_epochs", "lr", "overlap")
 TRAINED_DEFAULTS = {"lr": 0.01, "gamma_w": 10.0, "warmup_epochs": 0.0, "warmup": "fixed", "lr_warmup_epochs": 0.0,
@@ -114,6 +114,7 @@ class LearnConfig:
     weights: str | None = None      # trained weights to start from (graph.weights: file, torchvision:, timm)
     normalize: str | None = None    # input statistics (data.bundle.pick_stats); None: the data form's
     refit: bool | None = None       # refit the cut's kept weights to the dense network (learn.refit); None: from trained weights
+    transplant: bool = False        # each group starts from its classes' most important channels (learn.transplant)
 
     def __post_init__(self) -> None:
         """Read the text spellings of the scope and the paths into their types (a value that does
@@ -170,6 +171,10 @@ def check_config(config: LearnConfig, names: Naming = FLAG) -> None:
     if config.init_groups not in (None, "learned") and config.assign == "random":
         raise SplitcError(f"{init} {config.init_groups} needs learned assignments; drop it or use "
                           f"{names('assign')} softmax / reduced-gradient.")
+    if config.transplant and (config.refit is False or config.overlap is not None):
+        raise SplitcError(f"{names('transplant')} hands each group the trained channels its refit then reproduces; "
+                          f"drop {names.switch('refit', False) if config.refit is False else names('overlap')} "
+                          f"or {names('transplant')}.")
     if config.init_groups in CUT_INITS and not config.commit:
         raise SplitcError(f"{init} {config.init_groups} commits its groups at the end of the warm-up; drop "
                           f"{names.switch('commit', False)}, or use {init} learned for the paper's schedule.")

@@ -16,6 +16,7 @@ from splitc.learn.assign import cut_energy
 from splitc.learn.config import CUT_INITS
 from splitc.learn.cut_groups import cut_groups
 from splitc.learn.refit import REFIT_IMAGES, refit_cut
+from splitc.learn.transplant import transplant
 from splitc.learn.groups import (
     class_space_levels,
     classifier_energy,
@@ -140,18 +141,25 @@ def wants_refit(run: LearnRun) -> bool:
 def refit_model(run: LearnRun, hard: HardAssignment) -> tuple[torch.nn.Module, dict]:
     """The cut of the run's network by ``hard`` with its kept weights refit to reproduce the
     network (:mod:`splitc.learn.refit`) on ``REFIT_IMAGES`` probe images, balanced over the
-    classes; the network itself is not changed. Returns the masked, refit model and its record."""
+    classes; the network itself is not changed. Returns the masked, refit model and its record.
+    With ``transplant``, each group's channels first take the values of the trained channels
+    most important to its classes (:mod:`splitc.learn.transplant`), and the refit reproduces those."""
     ir, scope, gm = run.analysis.ir, run.analysis.scope, run.analysis.gm
-    masked = mask_inter_group(gm, ir, scope, hard)
     labels = dataset_labels(run.data.probe)
     per_class = -(-REFIT_IMAGES // max(1, len(set(labels.tolist()))))
     subset = Subset(run.data.probe, probe_indices(labels, per_class))
     with torch.random.fork_rng():   # a random augmentation must not shift the run's stream
         torch.manual_seed(run.config.seed)
-        batches = [x.to(run.device) for x, _ in DataLoader(subset, batch_size=128)]
-    report = refit_cut(gm, masked, weight_masks(ir, scope, hard), batches)
+        pairs = [(x.to(run.device), y.to(run.device)) for x, y in DataLoader(subset, batch_size=128)]
+    batches = [x for x, _ in pairs]
+    moved = transplant(gm, ir, scope, hard, pairs) if run.config.transplant else None
+    masked = mask_inter_group(gm if moved is None else moved.gm, ir, scope, hard)
+    report = refit_cut(gm, masked, weight_masks(ir, scope, hard), batches,
+                       sources=None if moved is None else moved.sources)
     record = {"layers": list(report.refit), "skipped": [list(s) for s in report.skipped], "images": report.images,
               "error_before": report.error_before, "error_after": report.error_after, "seconds": report.seconds}
+    if moved is not None:
+        record["transplant"] = {"importance_held": moved.kept_before, "importance_transplanted": moved.kept_after}
     if report.skipped:
         warn(run, f"refit left {len(report.skipped)} cut layer(s) as cut: "
                   + "; ".join(f"{name} ({why})" for name, why in report.skipped[:3]))

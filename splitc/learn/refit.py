@@ -51,12 +51,15 @@ class _Stop(Exception):
 
 
 def refit_cut(dense: fx.GraphModule, masked: fx.GraphModule, masks: dict[str, torch.Tensor],
-              batches: Iterable[torch.Tensor], ridge: float = RIDGE) -> RefitReport:
+              batches: Iterable[torch.Tensor], ridge: float = RIDGE,
+              sources: dict[str, torch.Tensor] | None = None) -> RefitReport:
     """Entry point: refit ``masked``'s kept weights in place, layer by layer in graph order.
 
     ``dense`` is the network the cut was made from (not modified); ``masks`` the keep masks in
     each weight's layout (:func:`splitc.passes.mask.weight_masks`); ``batches`` a re-iterable
-    of input batches (calibration images, no labels)."""
+    of input batches (calibration images, no labels). ``sources`` (per layer, optional): output
+    channel o of the masked layer reproduces the dense layer's channel ``sources[name][o]``
+    (a cut whose channels were transplanted, :mod:`splitc.learn.transplant`)."""
     started = time.perf_counter()
     batches = list(batches)
     calls: dict[str, int] = {}
@@ -85,7 +88,8 @@ def refit_cut(dense: fx.GraphModule, masked: fx.GraphModule, masks: dict[str, to
             cached = None if targets is None else targets[names.index(name)]
             weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
             patterns = _patterns(_features_mask(mask, module))
-            stats = _statistics(module, reference[name], masked, dense, batches, cached, patterns)
+            source = None if sources is None else sources.get(name)
+            stats = _statistics(module, reference[name], masked, dense, batches, cached, patterns, source)
             fitted, (err_before, err_after) = _solve(stats, patterns, weight, ridge)
             before.append(err_before)
             after.append(err_after)
@@ -142,7 +146,8 @@ def _dense_outputs(dense: torch.nn.Module, modules: list[torch.nn.Module], batch
 
 def _statistics(module: torch.nn.Module, ref: torch.nn.Module, masked: torch.nn.Module,
                 dense: torch.nn.Module, batches: list[torch.Tensor], cached: list[torch.Tensor] | None,
-                patterns: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                patterns: list[tuple[torch.Tensor, torch.Tensor]], source: torch.Tensor | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per keep pattern (outputs, inputs): X^T X, X^T Y and the outputs' energy of Y over the
     calibration images, X the layer's input in the masked network (as unfolded patches) on the
     pattern's inputs, Y the dense layer's output less its bias. Only each pattern's own block of
@@ -154,6 +159,8 @@ def _statistics(module: torch.nn.Module, ref: torch.nn.Module, masked: torch.nn.
         if ref.bias is not None:
             shape = (1, -1) + (1,) * (target.dim() - 2) if isinstance(ref, torch.nn.Conv2d) else (1,) * (target.dim() - 1) + (-1,)
             target = target - ref.bias.detach().reshape(shape)
+        if source is not None:   # output o reproduces the dense channel source[o]
+            target = target.index_select(1 if isinstance(ref, torch.nn.Conv2d) else target.dim() - 1, source)
         features, targets = _rows(module, inputs, target)
         for p, (outs, idx) in enumerate(patterns):
             x_p, y_p = features[:, idx], targets[:, outs]

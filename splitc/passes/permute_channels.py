@@ -52,7 +52,7 @@ def permutation_from_ranks(ir: ChannelIR, ranks: dict[int, np.ndarray]) -> Chann
     for src in ir.sources:
         elems = src.elems
         if int(ir.space_of[elems[0]]) in ranks:
-            sigma[elems] = _follow_nodes(ir.node_of[elems], ir.atom_key[elems], rho, elems)
+            sigma[elems] = follow_nodes(ir.node_of[elems], ir.atom_key[elems], rho, elems)
     return ChannelPermutation(sigma)
 
 
@@ -72,7 +72,7 @@ def _node_bijection(ir: ChannelIR, space: int, ranks: np.ndarray, rho: np.ndarra
         rho[listed] = by_rank
 
 
-def _follow_nodes(nodes: np.ndarray, atoms: np.ndarray, rho: np.ndarray, elems: np.ndarray) -> np.ndarray:
+def follow_nodes(nodes: np.ndarray, atoms: np.ndarray, rho: np.ndarray, elems: np.ndarray) -> np.ndarray:
     """For each slot (node n, rank r of its channel among this source's channels of n): the
     element at rank r of rho(n). Ranks order channels by their identity (the smallest element
     tied to them), not by slot, so every source pairs the same channels however it orders them."""
