@@ -140,6 +140,8 @@ def test_transplant_gives_each_group_its_most_important_channels_and_the_refit_r
     moved = transplant(a.gm, a.ir, a.scope, hard, pairs)
     assert moved.kept_after and all(moved.kept_after[s] >= moved.kept_before[s] - 1e-12 for s in moved.kept_after)
     assert any(moved.kept_after[s] > moved.kept_before[s] for s in moved.kept_after)
+    assert moved.channels_used.keys() == moved.kept_after.keys()
+    assert all(0 < v <= 1 for v in moved.channels_used.values()) and min(moved.channels_used.values()) < 1
     layers = {layer.name: layer for layer in a.ir.layers}
     for name, source in moved.sources.items():   # within a group, every slot holds another channel
         layer = layers[name]

@@ -159,7 +159,8 @@ def refit_model(run: LearnRun, hard: HardAssignment) -> tuple[torch.nn.Module, d
     record = {"layers": list(report.refit), "skipped": [list(s) for s in report.skipped], "images": report.images,
               "error_before": report.error_before, "error_after": report.error_after, "seconds": report.seconds}
     if moved is not None:
-        record["transplant"] = {"importance_held": moved.kept_before, "importance_transplanted": moved.kept_after}
+        record["transplant"] = {"importance_held": moved.kept_before, "importance_transplanted": moved.kept_after,
+                                "channels_used": moved.channels_used}
     if report.skipped:
         warn(run, f"refit left {len(report.skipped)} cut layer(s) as cut: "
                   + "; ".join(f"{name} ({why})" for name, why in report.skipped[:3]))

@@ -36,12 +36,14 @@ from splitc.passes.permute_channels import ChannelPermutation, follow_nodes, per
 class Transplant:
     """The dense network with each group's slots holding its chosen channels, the dense channel
     each cut layer's output slots reproduce (for the refit), and per space the share of the
-    groups' importance their slots held before and after."""
+    groups' importance their slots held before and after, and the share of the dense channels
+    some group still starts from (groups that want the same channels leave others unused)."""
 
     gm: fx.GraphModule
     sources: dict[str, torch.Tensor]
     kept_before: dict[str, float]
     kept_after: dict[str, float]
+    channels_used: dict[str, float]
 
 
 def transplant(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, hard: HardAssignment,
@@ -50,13 +52,13 @@ def transplant(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, hard: HardAssign
     channel of one cell and the space has as many groups as the classes (each level of a
     hierarchy but the classes' keeps its channels); without the classes in scope, none is."""
     if ir.class_space not in hard.groups_of_space:
-        return Transplant(gm, {}, {}, {})
+        return Transplant(gm, {}, {}, {}, {})
     class_groups = _class_groups(ir, hard)
     n_groups = int(class_groups.max()) + 1
     readers = _readers(ir, hard, scope, n_groups)
     importance = _importance(gm, ir, readers, batches, class_groups, n_groups)
     rho = np.arange(len(ir.node_cells))
-    kept_before, kept_after, moved = {}, {}, set()
+    kept_before, kept_after, used, moved = {}, {}, {}, set()
     for space, imp in importance.items():
         groups, nodes = hard.groups_of_space[space], ir.spaces[space].nodes
         held = [imp[groups == g, g].sum() for g in range(n_groups)]
@@ -74,6 +76,7 @@ def transplant(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, hard: HardAssign
         total = imp.sum(0)
         kept_before[name] = float(np.mean([held[g] / max(total[g], 1e-12) for g in range(n_groups)]))
         kept_after[name] = float(np.mean([chosen[g] / max(total[g], 1e-12) for g in range(n_groups)]))
+        used[name] = len(set(rho[nodes].tolist())) / len(nodes)
         moved.add(space)
     sigma = np.arange(len(ir.space_of))
     for src in ir.sources:
@@ -86,7 +89,7 @@ def transplant(gm: fx.GraphModule, ir: ChannelIR, scope: Scope, hard: HardAssign
         index = source_index(layer.out_elems, sigma)
         if (index != np.arange(len(index))).any():
             sources[layer.name] = torch.as_tensor(index)
-    return Transplant(permute_channels(gm, ir, perm), sources, kept_before, kept_after)
+    return Transplant(permute_channels(gm, ir, perm), sources, kept_before, kept_after, used)
 
 
 def _class_groups(ir: ChannelIR, hard: HardAssignment) -> np.ndarray:
