@@ -143,8 +143,7 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
 @click.option("--refit/--no-refit", default=None, help="Refit the weights the cut keeps so that the split reproduces "
               "the dense network layer by layer on 512 training images (default: on from trained --weights).")
-@click.option("--transplant", is_flag=True, default=False, help="With the refit, from trained --weights: each group "
-              "starts from the trained channels most important to its classes, not from its own share of them.")
+@click.option("--transplant", is_flag=True, help="With the refit: each group starts from its classes' most important channels.")
 @click.option("--init-groups", type=click.Choice(list(INIT_GROUPS)), default=None,
               help="How the groups are found. cluster-cut (the default for one-level splits): the class "
                    "map is a balanced spectral clustering of the warmed-up class-mean features and "
