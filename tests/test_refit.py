@@ -174,3 +174,23 @@ def test_a_transplanted_split_is_its_masked_model_and_says_what_moved(trained, t
     with pytest.raises(SplitcError, match="transplant"):
         learn(LearnConfig(model="resnet20", data=DATA, groups="4", weights=str(trained), out=str(tmp_path / "no"),
                           transplant=True, refit=False), progress=False)
+
+
+def test_transplant_leaves_the_models_gradients_as_they_were() -> None:
+    """SplitNet.compile transplants from the user's own model: its parameters' .grad must survive."""
+    import numpy as np
+
+    from splitc.graph.analysis import analyse
+    from splitc.graph.group_tree import HardAssignment
+    from splitc.graph.scope import ScopeSpec
+    from splitc.learn.transplant import transplant
+
+    torch.manual_seed(1)
+    a = analyse("resnet20", ScopeSpec((2,), split_from=("layer3",)), num_classes=4)
+    marked = {n: torch.randn_like(p) for n, p in a.gm.named_parameters()}
+    for n, p in a.gm.named_parameters():
+        p.grad = marked[n].clone()
+    hard = HardAssignment({s: np.arange(len(a.ir.spaces[s].nodes)) % 2 for s in a.scope.level_of})
+    moved = transplant(a.gm, a.ir, a.scope, hard, [(torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,)))])
+    assert moved.sources
+    assert all(torch.equal(p.grad, marked[n]) for n, p in a.gm.named_parameters())

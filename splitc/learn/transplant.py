@@ -117,12 +117,15 @@ def _readers(ir: ChannelIR, hard: HardAssignment, scope: Scope, n_groups: int) -
 def _importance(gm: fx.GraphModule, ir: ChannelIR, readers: dict[int, object],
                 batches: list[tuple[torch.Tensor, torch.Tensor]], class_groups: np.ndarray,
                 n_groups: int) -> dict[int, np.ndarray]:
-    """(nodes, groups) Taylor importance per space, summed over the calibration images."""
+    """(nodes, groups) Taylor importance per space, summed over the calibration images. The
+    gradients are taken with respect to the measured activations only (``torch.autograd.grad``),
+    so the parameters' ``.grad`` (a user's model, in ``SplitNet.compile``) is left as it was."""
     seen: dict[int, torch.Tensor] = {}
     handles = []
     for space, layer in readers.items():
         def hook(_m, args, space=space):
-            args[0].retain_grad()
+            if not args[0].requires_grad:   # frozen layers before it: track from here
+                args[0].requires_grad_()
             seen[space] = args[0]
         handles.append(gm.get_submodule(layer.name).register_forward_pre_hook(hook))
     out = {s: np.zeros((ir.spaces[s].nodes.size, n_groups)) for s in readers}
@@ -130,18 +133,20 @@ def _importance(gm: fx.GraphModule, ir: ChannelIR, readers: dict[int, object],
     was = gm.training
     gm.eval()
     try:
-        for x, y in batches:
-            logits = gm(x)
-            dz = (torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).float()) / len(y)
-            for g in range(n_groups):
-                for t in seen.values():
-                    t.grad = None
-                logits.backward(dz * masks[g], retain_graph=g < n_groups - 1)
-                for space, t in seen.items():
-                    taylor = (t * t.grad).reshape(t.shape[0], t.shape[1], -1).sum(-1).abs().sum(0)
-                    nodes = ir.node_index[readers[space].in_elems]
-                    np.add.at(out[space][:, g], nodes, taylor.detach().double().cpu().numpy())
-            gm.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            for x, y in batches:
+                seen.clear()
+                logits = gm(x)
+                dz = (torch.softmax(logits.detach(), 1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)) / len(y)
+                spaces = list(seen)
+                for g in range(n_groups):
+                    grads = torch.autograd.grad(logits, [seen[s] for s in spaces], grad_outputs=dz * masks[g].to(dz),
+                                                retain_graph=g < n_groups - 1)
+                    for space, grad in zip(spaces, grads):
+                        t = seen[space]
+                        taylor = (t * grad).reshape(t.shape[0], t.shape[1], -1).sum(-1).abs().sum(0)
+                        nodes = ir.node_index[readers[space].in_elems]
+                        np.add.at(out[space][:, g], nodes, taylor.detach().double().cpu().numpy())
     finally:
         for h in handles:
             h.remove()
