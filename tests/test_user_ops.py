@@ -22,7 +22,8 @@ from splitc.graph.analysis import Analysis, analyse, analysis_warnings
 from splitc.graph.counting import count
 from splitc.graph.frontend import trace
 from splitc.graph.group_tree import balanced_assignment
-from splitc.graph.opkinds import USER_FUNCTION_KINDS, USER_MODULE_KINDS, Kind, registered, unregister
+from splitc.graph import opkinds
+from splitc.graph.opkinds import USER_FUNCTION_KINDS, USER_MODULE_KINDS, Kind, kind_of, registered, unregister
 from splitc.graph.scope import make_spec
 
 TOL = 1e-5
@@ -224,3 +225,34 @@ def test_untraceable_submodule_names_register_module() -> None:
     with registered(ValueBranch, "elementwise"):
         gm = trace(Outer())
     assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["conv", "odd"]
+
+
+def test_torchvision_ops_get_their_kind_without_splitc_importing_torchvision() -> None:
+    """Analysing a model costs no torchvision import (about 3 s per command); a model that
+    holds torchvision's StochasticDepth has imported it, and the op then has its kind: it is
+    elementwise, and registering it again is refused as a built-in."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, splitc; from splitc.graph.analysis import analyse; from splitc.graph.scope import make_spec; "
+             "a = analyse('resnet20', make_spec('2', 'layer3')); "
+             "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.drop = nn.Conv2d(3, 8, 3), StochasticDepth(0.1, "row")
+
+        def forward(self, x):
+            return self.drop(self.conv(x))     # its forward calls the function, which fx keeps whole
+
+    gm = trace(Block())
+    node = next(n for n in gm.graph.nodes if n.target is stochastic_depth)
+    assert kind_of(node, dict(gm.named_modules())) is Kind.ELEMENTWISE
+    assert opkinds.MODULE_KINDS[StochasticDepth] is Kind.ELEMENTWISE and not opkinds.DEFERRED_KINDS
+    with pytest.raises(SplitcError, match="already registered"):
+        splitc.register_module(StochasticDepth, "channelwise")

@@ -15,7 +15,6 @@ import torch
 
 from splitc.data import families, synthetic
 from splitc.data.bundle import DataBundle, DataError, check_size, pick_stats, tensor_splits
-from splitc.data.folders import load_cifar100, load_imagefolder
 from splitc.data.mnist import FORMATS as MNIST_FORMATS
 from splitc.data.mnist import NATURAL_SIZE as MNIST_SIZE
 from splitc.data.mnist import load_mnist_format
@@ -80,6 +79,8 @@ def load_data(spec: str, input_size: Size | None = None, *, seed: int = 0,
     if not arg:
         raise DataError(f"--data {spec!r} needs a folder: use --data {kind}:PATH")
     path = Path(arg).expanduser()
+    from splitc.data.folders import load_cifar100, load_imagefolder   # torchvision's readers: loaded when used
+
     if kind == "cifar100":
         return load_cifar100(spec, path, size, flip, normalize)
     return load_imagefolder(spec, path, size, flip, normalize)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 import types
 from collections.abc import Iterator
 from enum import Enum
@@ -42,18 +43,6 @@ class Kind(Enum):
     CHANNELWISE = "channelwise"    # a user's op: one tensor in, same channels out, [C] tensors sliced
 
 
-def _stochastic_depth_types() -> tuple[type, ...]:
-    from torchvision.ops import StochasticDepth
-
-    return (StochasticDepth,)
-
-
-def _stochastic_depth_functions() -> tuple[object, ...]:
-    from torchvision.ops import stochastic_depth
-
-    return (stochastic_depth,)
-
-
 MODULE_KINDS: dict[type, Kind] = {
     nn.Conv2d: Kind.CONV,
     nn.Linear: Kind.LINEAR,
@@ -76,14 +65,13 @@ MODULE_KINDS: dict[type, Kind] = {
         nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh, nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
         nn.Identity, nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
         nn.Hardshrink, nn.Softshrink)},
-    **{t: Kind.ELEMENTWISE for t in _stochastic_depth_types()},
 }
 
 FUNCTION_KINDS: dict[object, Kind] = {
     **{f: Kind.ELEMENTWISE for f in (
         F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid,
         torch.sigmoid, torch.tanh, F.dropout, F.leaky_relu, F.elu, F.mish, F.hardtanh,
-        operator.neg, *_stochastic_depth_functions(),
+        operator.neg,
         F.relu_, F.elu_, F.leaky_relu_, F.hardtanh_, F.selu, F.celu, F.softplus, F.softsign,
         F.tanhshrink, F.logsigmoid, F.hardshrink, F.softshrink, F.dropout2d, F.alpha_dropout,
         torch.clamp, torch.clip, torch.exp, torch.erf, torch.abs, torch.square, torch.sqrt,
@@ -126,6 +114,24 @@ METHOD_KINDS: dict[str, Kind] = {
 }
 
 
+# Ops of packages splitc does not import itself, named by (module, attribute): each joins the
+# tables above the first time a lookup finds its module loaded (a model that holds the op has
+# imported it), so analysing a model never pays for importing torchvision (about 3 s).
+DEFERRED_KINDS: dict[tuple[str, str], Kind] = {
+    ("torchvision.ops.stochastic_depth", "StochasticDepth"): Kind.ELEMENTWISE,
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"): Kind.ELEMENTWISE,
+}
+
+
+def _resolve_deferred() -> None:
+    for (module_name, attr), kind in list(DEFERRED_KINDS.items()):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            target = getattr(module, attr)
+            (MODULE_KINDS if isinstance(target, type) else FUNCTION_KINDS)[target] = kind
+            del DEFERRED_KINDS[(module_name, attr)]
+
+
 # The user's own op types (``register_module`` / ``register_function``): looked up like the
 # built-in tables, the user's entry first for each class of the MRO.
 USER_MODULE_KINDS: dict[type, Kind] = {}
@@ -134,6 +140,8 @@ USER_FUNCTION_KINDS: dict[object, Kind] = {}
 
 def kind_of(node: fx.Node, modules: dict[str, nn.Module]) -> Kind | None:
     """The op kind of an fx node, or None when splitc has no rule for its target."""
+    if DEFERRED_KINDS:
+        _resolve_deferred()
     if node.op == "call_module":
         for cls in type(modules[node.target]).__mro__:
             kind = USER_MODULE_KINDS.get(cls) or MODULE_KINDS.get(cls)
@@ -196,6 +204,7 @@ def register_function(fn: object, kind: Kind | str) -> object:
 def _register(target, kind: Kind | str, what: str, user: dict, builtin: dict):
     """One registration; a target already in either table (the user's or the built-in) raises."""
     new = parse_kind(kind)
+    _resolve_deferred()
     old = user.get(target) or builtin.get(target)
     if old is not None:
         raise SplitcError(f"{what} {_qualname(target)} is already registered as {old.value!r} "
