@@ -37,6 +37,11 @@ def split_params(model_name: str, groups: int, split_from: str, num_classes: int
     return count(a.ir, a.scope, balanced_assignment(a.ir, a.scope)).split.params
 
 
+def flops(model: nn.Module, model_name: str, num_classes: int, input_size) -> int:
+    """FLOPs of one forward pass (a multiply-add counts 2), counted on the traced graph by splitc."""
+    return count(analyse(model_name, make_spec("2", split_depth="1"), num_classes, input_size, model=model).ir).baseline.flops
+
+
 def narrow_widths(target: int, num_classes: int) -> tuple[int, int, int]:
     """resnet20 widths (16w, 32w, 64w) whose params are the closest to ``target``."""
     best = None
@@ -89,7 +94,5 @@ def anchor_row(args, kind: str, seed: int, progress: bool) -> dict:
         model = prune_to(model, args.split_from, target, bundle.input_size)
         fit_plain(model, bundle, args.finetune_epochs, args.batch_size, args.lr, seed, progress=progress)
         method = f"pruned (Torch-Pruning, L2 magnitude, {args.split_from})"
-    flops = count(analyse(args.model, make_spec("2", split_depth="1"), bundle.num_classes, bundle.input_size,
-                          model=model).ir).baseline.flops
-    return {"method": method, "params": params(model), "flops": flops, "target_params": target,
+    return {"method": method, "params": params(model), "flops": flops(model, args.model, bundle.num_classes, bundle.input_size), "target_params": target,
             "val_acc": accuracy(model, bundle.val, torch.device("cpu")), "superclass_ari": None}

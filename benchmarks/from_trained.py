@@ -52,7 +52,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -60,12 +59,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from from_trained_table import ROWS, SOFT_KD, dump, fill_flops, markdown, report
+
 from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss
 from splitc.compile.finetune import FinetuneConfig, finetune
 from splitc.compile.split_dir import load_split, read_meta
 from splitc.compile.split_run import run_split
 from splitc.core.files import ASSIGNMENT_JSON, FINETUNE_METRICS
-from splitc.core.tables import table
 from splitc.data.batches import accuracy
 from splitc.data.loaders import load_data
 from splitc.data.sizes import choose_input_size
@@ -74,30 +74,6 @@ from splitc.learn.groups import members_of_groups
 from splitc.learn.loop import LearnConfig, learn
 
 CPU = torch.device("cpu")
-SOFT_KD = (2.0, 0.5)   # a second distillation setting beside the common (DEFAULT_T, DEFAULT_ALPHA)
-ROWS = {
-    "default": "splitc from the teacher, R_W clears the cut (learn --epochs 3)",
-    "default+kd": "splitc from the teacher, R_W clears the cut, --distill",
-    "classifier": "splitc, classes grouped by the classifier's rows",
-    "classifier+kd": "splitc, classes by the classifier's rows, --distill",
-    "oneshot": "splitc default from the teacher: one-shot (learn --epochs 0)",
-    "oneshot+kd": "splitc default from the teacher: one-shot, --distill",
-    "oneshot-norefit": "splitc from the teacher: one-shot, --no-refit (the default before the refit)",
-    "transplant": "splitc from the teacher: one-shot, --transplant",
-    "random": "SplitNet-Random from the teacher, R_W clears the cut",
-    "random+kd": "SplitNet-Random from the teacher, R_W clears the cut, --distill",
-    "random-oneshot": "SplitNet-Random from the teacher, one-shot",
-    "random-oneshot+kd": "SplitNet-Random from the teacher, one-shot, --distill",
-    "random-oneshot-norefit": "SplitNet-Random from the teacher, one-shot, --no-refit",
-    "oneshot-norefit+kd": "splitc from the teacher: one-shot, --no-refit, --distill",
-    "random-oneshot-norefit+kd": "SplitNet-Random from the teacher, one-shot, --no-refit, --distill",
-    "oneshot+kd-soft": f"splitc default from the teacher: one-shot, --distill-t {SOFT_KD[0]:g} --distill-alpha {SOFT_KD[1]:g}",
-    "pruned": "Torch-Pruning from the teacher (L2, DepGraph)",
-    "pruned+kd": "Torch-Pruning from the teacher, distilled",
-    "narrow": "narrow resnet20 from scratch (teacher + post steps)",
-    "scratch": "the split architecture from scratch (teacher + post steps)",
-    "e2e": "splitc from scratch: learn, split, finetune at their defaults",
-}
 
 
 def data_of(args: argparse.Namespace, seed: int):
@@ -172,7 +148,6 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU), "seconds": seconds}
 
 
-SPLITC = ("default", "classifier", "oneshot", "oneshot-norefit", "transplant")     # splitc's own rows, compared with the anchors
 SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
               "oneshot": {}, "random-oneshot": {"assign": "random"}, "oneshot-norefit": {"refit": False},
               "transplant": {"transplant": True},
@@ -272,7 +247,7 @@ def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.N
 
 
 def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> dict:
-    from anchors import narrow_widths, params, prune_to, split_params
+    from anchors import flops, narrow_widths, params, prune_to, split_params
     from splitc.learn.plain import fit_plain
     from splitc.models.resnet_cifar import CifarResNet
 
@@ -304,6 +279,7 @@ def anchor_row(args: argparse.Namespace, key: str, groups: int, seed: int) -> di
                 module.reset_parameters()
         fit_plain(model, bundle, args.teacher_epochs + args.post_epochs, args.batch_size, args.lr, seed, progress=False)
     return {"key": key, "groups": groups, "seed": seed, "params": params(model), "target_params": target,
+            "flops": flops(model, args.model, bundle.num_classes, bundle.input_size),
             "val_acc": accuracy(model, bundle.val, CPU), "seconds": round(time.perf_counter() - started, 1), **extra}
 
 
@@ -344,95 +320,6 @@ def run_all(args: argparse.Namespace, phases: list[list[tuple]]) -> list[dict]:
     return results
 
 
-def dump(args: argparse.Namespace, runs: list[dict]) -> None:
-    path = Path(args.json_out or Path(args.out) / "from_trained.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"args": vars(args), "runs": runs, "rows": summarise(runs)}, indent=1))
-    tmp.replace(path)
-
-
-def stat(values: list[float]) -> list[float] | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
-
-
-def summarise(runs: list[dict]) -> list[dict]:
-    out = []
-    for groups in sorted({r["groups"] for r in runs if "groups" in r}, key=str):
-        for key in ROWS:
-            mine = [r for r in runs if r.get("groups") == groups and r["key"] == key]
-            if mine:
-                out.append({"groups": groups, "key": key, "method": ROWS[key], "seeds": len(mine),
-                            "params": mine[0]["params"], **{f: stat([r.get(f) for r in mine]) for f in (
-                                "val_acc", "oneshot_val_acc", "cleared_val_acc", "recal_val_acc", "superclass_ari")},
-                            "seconds": statistics.fmean(r["seconds"] for r in mine)})
-    return out
-
-
-def report(runs: list[dict]) -> None:
-    teachers = stat([r["val_acc"] for r in runs if r["key"] == "teacher"]
-                    or list({r["seed"]: r["start_val_acc"] for r in runs if r["key"] == "default"}.values()))
-    ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
-    print(f"teacher (plain resnet20): {ms(teachers)}")
-    timed = [r["seconds"] for r in runs if r["key"] == "teacher" and r.get("seconds")]
-    teacher_seconds = statistics.fmean(timed) if timed else None
-    rows = summarise(runs)
-    print(table(["G", "method", "params", "val acc", "one-shot split", "split before finetune", "BN re-estimated",
-                 "superclass ARI", "seconds per run"],
-                [[r["groups"], r["method"], r["params"], ms(r["val_acc"]), ms(r["oneshot_val_acc"]),
-                  ms(r["cleared_val_acc"]), ms(r["recal_val_acc"]), ms(r["superclass_ari"]), f"{r['seconds']:.0f}"]
-                 for r in rows]))
-    by = {(r["groups"], r["key"]): r for r in rows}
-    for (g, key), r in by.items():
-        kd = key[len(key.split("+")[0]):]
-        for ref in ("pruned" + kd, "random" + kd, "random-oneshot" + kd, "default" + kd, "oneshot" + kd,
-                    "oneshot-norefit" + kd):
-            if key.split("+")[0] in SPLITC and key != ref and (g, ref) in by:
-                o = by[(g, ref)]
-                print(f"G={g} {key} vs {ref}: {100 * (r['val_acc'][0] - o['val_acc'][0]):+.2f} pp "
-                      f"(sum of stds {100 * (r['val_acc'][1] + o['val_acc'][1]):.2f} pp)")
-        if key.split("+")[0] in SPLITC and teachers:
-            print(f"G={g} {key} vs teacher: {100 * (r['val_acc'][0] - teachers[0]):+.2f} pp")
-        if key in SPLITC and teacher_seconds:   # acceptance 4: learn + split + finetune against training the teacher
-            print(f"G={g} {key} wall time / the teacher's: {r['seconds'] / teacher_seconds:.2f} "
-                  f"({r['seconds']:.0f} s vs {teacher_seconds:.0f} s, both one torch thread, two runs at once)")
-        if key in SPLITC and (g, "e2e") in by:
-            e2e = by[(g, "e2e")]
-            print(f"G={g} {key} wall time / the from-scratch path's: {r['seconds'] / e2e['seconds']:.2f} "
-                  f"({r['seconds']:.0f} s vs {e2e['seconds']:.0f} s; accuracy {r['val_acc'][0]:.4f} vs {e2e['val_acc'][0]:.4f})")
-
-
-def markdown(runs: list[dict]) -> str:
-    """The table for docs/: per G and row, every seed's accuracy, mean ± std, one-shot, after
-    clearing, seconds per run."""
-    ms = lambda v: "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"  # noqa: E731
-    lines = ["| G | method | params | val acc per seed | val acc | one-shot split | split before finetune | "
-             "BN re-estimated | superclass ARI | s/run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summarise(runs):
-        seeds = sorted((x["seed"], x["val_acc"]) for x in runs if x.get("groups") == r["groups"] and x["key"] == r["key"])
-        lines.append(f"| {r['groups']} | {r['method']} | {r['params']:,} | {' / '.join(f'{v:.4f}' for _, v in seeds)} | "
-                     f"{ms(r['val_acc'])} | {ms(r['oneshot_val_acc'])} | {ms(r['cleared_val_acc'])} | "
-                     f"{ms(r['recal_val_acc'])} | {ms(r['superclass_ari'])} | {r['seconds']:.0f} |")
-    lines += ["", "Class groups (one branch each) per seed:", ""]
-    for x in sorted((x for x in runs if x.get("class_groups")), key=lambda x: (str(x["groups"]), x["key"], x["seed"])):
-        groups = " | ".join(", ".join(g) for g in x["class_groups"])
-        ari = "" if x.get("superclass_ari") is None else f" (ARI {x['superclass_ari']:.2f})"
-        lines.append(f"- G={x['groups']} {x['key']} seed {x['seed']}{ari}: {groups}")
-    curves = [x for x in runs if x.get("epoch_val_acc")]
-    if curves:
-        lines += ["", "Validation accuracy after each epoch after the cut (mean over seeds):", ""]
-        for (g, key) in sorted({(str(x["groups"]), x["key"]) for x in curves}):
-            mine = [x["epoch_val_acc"] for x in curves if str(x["groups"]) == g and x["key"] == key]
-            n = min(len(c) for c in mine)
-            mean = [statistics.fmean(c[i] for c in mine) for i in range(n)]
-            lines.append(f"- G={g} {key}: " + " → ".join(f"{v:.3f}" for v in mean))
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     from end_to_end import training_parser
 
@@ -457,11 +344,15 @@ def main() -> None:
     parser.add_argument("--epoch-curve", dest="epoch_curve", action="store_true",
                         help="validate after every finetune epoch (the accuracy-per-epoch lines; costs time)")
     parser.add_argument("--merge", nargs="*", default=[], help="earlier runs' JSON (same teachers) to report with")
-    parser.add_argument("--report-only", action="store_true", help="print the table of --merge and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the table of --merge and exit (--json-out: write the runs, FLOPs filled in)")
     args = parser.parse_args()
     earlier = [r for path in args.merge for r in json.loads(Path(path).read_text())["runs"]]
     done = {(r["key"], r.get("groups"), r["seed"]) for r in earlier}
     if args.report_only:
+        fill_flops(args, earlier)
+        if args.json_out:
+            dump(args, earlier)
         report(earlier)
         print(markdown(earlier))
         return

@@ -26,3 +26,28 @@ def test_pruned_and_narrow_models_match_the_split_params() -> None:
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     narrow = CifarResNet(20, 10, narrow_widths(target, 10))
     assert abs(params(narrow) - target) / target < 0.05
+
+
+def test_flops_filled_for_earlier_anchor_rows_are_the_structure_s() -> None:
+    """fill_flops rebuilds a pruned row from a fresh model: that holds because the channel counts,
+    not the weights, set a pruned network's FLOPs; two different weight draws prune alike."""
+    import argparse
+
+    from anchors import flops
+    from from_trained_table import fill_flops
+
+    target = split_params("resnet20", 4, "layer3", 10, (3, 32, 32))
+    pruned = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = prune_to(resnet20(10), "layer3", target, (3, 32, 32))
+        pruned.append((params(model), flops(model, "resnet20", 10, (3, 32, 32))))
+    assert pruned[0] == pruned[1] and pruned[0][1] < flops(resnet20(10), "resnet20", 10, (3, 32, 32))
+    narrow = CifarResNet(20, 10, narrow_widths(target, 10))
+    runs = [{"key": "pruned+kd", "groups": 4, "seed": 0, "params": pruned[0][0], "target_params": target},
+            {"key": "narrow", "groups": 4, "seed": 0, "params": params(narrow), "target_params": target},
+            {"key": "oneshot", "groups": 4, "seed": 0, "params": 111, "flops": 222},
+            {"key": "scratch", "groups": 4, "seed": 0, "params": 111, "target_params": target}]
+    fill_flops(argparse.Namespace(model="resnet20", data="digits", split_from="layer3",   # 10 classes at 32x32
+                                  split_from_tree="layer2,layer3"), runs)
+    assert [r["flops"] for r in runs] == [pruned[0][1], flops(narrow, "resnet20", 10, (3, 32, 32)), 222, 222]
