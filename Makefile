@@ -23,8 +23,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/splitc demo
 
+# --dist loadfile: a file's tests share one worker, so its module and session fixtures (a trained
+# run, an export: 15-40 s each) are built once, not once per worker.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --durations=15 -m 'not slow and not ray' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m 'not slow and not ray' $(PYTEST_ARGS)
 	$(PY) -m pytest -q -p no:xdist -m 'ray and not slow' $(PYTEST_ARGS)
 
 # The built wheel (python -m build) in a fresh virtual environment outside the checkout, its

@@ -15,6 +15,7 @@ from splitc.core.errors import SplitcError, one_line_warnings
 from splitc.core.files import MANIFEST_JSON
 from splitc.core.version import __version__
 from splitc.data.bundle import NORMALIZE_HELP
+from splitc.data.loaders import FORMS
 from splitc.graph.scope import DEFAULT_GROUPS
 from splitc.learn.assign import ASSIGNMENT_KINDS
 from splitc.learn.config import ASSIGN_OPTIMIZERS, COMMIT_GROUPS, INIT_GROUPS, TRAINED_DEFAULTS
@@ -128,8 +129,7 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
 
 @main.command()
 @click.argument("model")
-@click.option("--data", default="synthetic", show_default=True,
-              help="synthetic | synthetic:fast | digits | cifar100:PATH | imagefolder:PATH")
+@click.option("--data", default="synthetic", show_default=True, help=FORMS.replace(", ", " | "))
 @click.option("--input-size", default=None, metavar="C,H,W", help="Model input size (default: the data's).")
 @click.option("--weights", default=None, metavar="SRC",
               help=WEIGHTS_HELP + " From trained weights (above chance on the validation split) the run has no "
@@ -330,7 +330,7 @@ def verify(split_dir: str, source, devices, as_json: bool) -> None:
 
 @main.command()
 @click.argument("split_dir")
-@click.option("--data", default="synthetic", show_default=True, help="The data the run learned on.")
+@click.option("--data", default="synthetic", show_default=True, help="The data the run learned on: " + FORMS)
 @click.option("--epochs", type=AT_LEAST_ONE, default=None,
               help="Default 10, or 4 for a split cut from trained --weights (its teacher already trained).")
 @click.option("--max-steps", type=AT_LEAST_ONE, default=None, help="Stop after this many steps in total.")

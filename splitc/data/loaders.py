@@ -26,7 +26,8 @@ _NATURAL_SIZE: dict[str, Size] = {
     "synthetic": (3, 32, 32), "digits": (3, 32, 32), "cifar100": (3, 32, 32),
     "imagefolder": (3, 224, 224), **{kind: MNIST_SIZE for kind in MNIST_FORMATS},
 }
-FORMS = "synthetic, synthetic:fast, synthetic:families, digits, fashion-mnist[:DIR], mnist:DIR, cifar100:PATH, imagefolder:PATH"
+FORMS = ("synthetic, synthetic:fast, synthetic:families, digits, fashion-mnist[:DIR][@N], mnist:DIR[@N], "
+         "cifar100:PATH, imagefolder:PATH")
 
 
 def describe_specs() -> str:
