@@ -1,0 +1,106 @@
+"""An ablation, not a splitc option: finetune with the cut region at a higher learning rate.
+
+    .venv/bin/python benchmarks/region_lr.py split SPLIT_DIR --data D --epochs E --seed S --mult M [--out DIR]
+    .venv/bin/python benchmarks/region_lr.py pruned TEACHER.pt --data D --epochs E --seed S --mult M
+
+``split``: a copy of SPLIT_DIR (``split`` output, before its finetune) is finetuned by splitc's own
+``finetune`` with the branches' parameters (the layers the cut changed, the classifier's slices
+included) at ``M`` times finetune's lr and the trunk at 1x; ``--mult 1`` is finetune unchanged
+(it reproduces the table's run of the same split to the last digit on one machine).
+``pruned``: the teacher pruned by Torch-Pruning to the G = 4 split's params from ``layer3``, as
+``from_trained.py``'s ``pruned`` row, and trained with the same optimiser, ``layer3`` and the
+classifier at ``M`` x. Both print one JSON line. The finetune's own optimiser is swapped in
+through ``splitc.compile.finetune_loop``'s two factories, which is why this is a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import splitc.compile.finetune_loop as loop
+from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.data.batches import accuracy
+
+LR = FinetuneConfig.lr
+
+
+def region_optimizer(named: list[tuple[str, torch.nn.Parameter]], in_region, mult: float, config=None):
+    """finetune's SGD with two groups: the region at ``mult`` x lr, the rest at 1x."""
+    lr = config.lr if config is not None else LR
+    region = [p for n, p in named if in_region(n)]
+    rest = [p for n, p in named if not in_region(n)]
+    return torch.optim.SGD([{"params": rest, "lr": lr}, {"params": region, "lr": lr * mult}], lr=lr,
+                           momentum=FinetuneConfig.momentum, weight_decay=FinetuneConfig.weight_decay, nesterov=True)
+
+
+def split_run(args: argparse.Namespace) -> dict:
+    plain_schedule = loop.schedule_at
+
+    def make_optimizer(model, config):
+        return region_optimizer(list(model.named_parameters()), lambda n: n.startswith("parts.g"), args.mult, config)
+
+    def schedule_at(optimizer, base_lr, schedule, total, step, ramp_steps=0):
+        scheduler = plain_schedule(optimizer, base_lr, schedule, total, step, ramp_steps)
+        optimizer.param_groups[1]["initial_lr"] = base_lr * args.mult       # the region keeps its multiple
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        return scheduler
+
+    loop.make_optimizer, loop.schedule_at = make_optimizer, schedule_at
+    out = Path(args.out or tempfile.mkdtemp(prefix="region-lr-")) / "split"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(args.source, out)
+    result = finetune(FinetuneConfig(split_dir=str(out), data=args.data, seed=args.seed, force=True, epochs=args.epochs,
+                                     eval_every=0), progress=False)
+    return {"val_acc": result.val_acc}
+
+
+def pruned_run(args: argparse.Namespace) -> dict:
+    from anchors import params, prune_to, split_params
+    from from_trained import data_of
+
+    from splitc.graph import zoo
+    from splitc.learn.plain import train_epochs
+
+    torch.manual_seed(args.seed)
+    bundle = data_of(argparse.Namespace(model="resnet20", data=args.data), args.seed)
+    target = split_params("resnet20", 4, "layer3", bundle.num_classes, bundle.input_size)
+    teacher = zoo.build("resnet20", bundle.num_classes)
+    teacher.load_state_dict(torch.load(args.source, weights_only=True))
+    model = prune_to(teacher, ("layer3",), target, bundle.input_size)
+    opt = region_optimizer(list(model.named_parameters()), lambda n: n.startswith(("layer3", "fc")), args.mult)
+    steps = args.epochs * max(1, len(bundle.train) // 64)
+    train_epochs(model, bundle, args.epochs, 64, args.seed, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
+                 None)
+    return {"params": params(model), "val_acc": accuracy(model, bundle.val, torch.device("cpu"))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("split", "pruned"))
+    parser.add_argument("source", help="a split dir (split) or a teacher state_dict (pruned)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--mult", type=float, required=True, help="the region's lr as a multiple of finetune's")
+    parser.add_argument("--out", default=None, help="where the split's copy is finetuned (default: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    started = time.perf_counter()
+    row = (split_run if args.kind == "split" else pruned_run)(args)
+    print(json.dumps({"kind": args.kind, "source": args.source, "data": args.data, "seed": args.seed, "mult": args.mult,
+                      "epochs": args.epochs, **row, "seconds": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()
