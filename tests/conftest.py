@@ -13,17 +13,6 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 
-# The files whose tests take longest (``--durations``, 2 cores) are handed out first: under
-# ``--dist loadfile`` a long file dealt last keeps one worker busy while the other idles (the
-# from-trained tests, dealt last, added about three minutes).
-LONG_FILES = ("test_api.py", "test_from_trained.py", "test_examples.py", "test_export.py", "test_finetune_dist.py",
-              "test_lowering.py", "test_artifact.py", "test_demo.py", "test_readme.py", "test_learn_dist.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each file keeps its order
-
 
 @pytest.fixture(scope="session")
 def trained_resnet20(tmp_path_factory) -> tuple[Path, float]:
