@@ -229,13 +229,13 @@ def soft_kd_row(args: argparse.Namespace, groups: int, seed: int) -> dict:
 
 
 def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.Namespace, seed: int,
-                   teacher: torch.nn.Module | None, on_epoch=None) -> None:
+                   teacher: torch.nn.Module | None, on_epoch=None, opt: torch.optim.Optimizer | None = None) -> None:
     """finetune's optimiser on a dense (pruned) model: SGD at finetune's lr (or --finetune-lr),
-    Nesterov, wd 5e-4, cosine."""
+    Nesterov, wd 5e-4, cosine; ``opt`` replaces the SGD (benchmarks/region_lr.py's groups)."""
     from splitc.learn.plain import train_epochs
 
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = opt or torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
 
     def distilled(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -65,11 +65,11 @@ def split_run(args: argparse.Namespace) -> dict:
 
 
 def pruned_run(args: argparse.Namespace) -> dict:
+    """from_trained.py's ``pruned`` row (its prune, its finetune) with the region's optimiser."""
     from anchors import params, prune_to, split_params
-    from from_trained import data_of
+    from from_trained import data_of, finetune_dense
 
     from splitc.graph import zoo
-    from splitc.learn.plain import train_epochs
 
     torch.manual_seed(args.seed)
     bundle = data_of(argparse.Namespace(model="resnet20", data=args.data), args.seed)
@@ -78,9 +78,7 @@ def pruned_run(args: argparse.Namespace) -> dict:
     teacher.load_state_dict(torch.load(args.source, weights_only=True))
     model = prune_to(teacher, ("layer3",), target, bundle.input_size)
     opt = region_optimizer(list(model.named_parameters()), lambda n: n.startswith(("layer3", "fc")), args.mult)
-    steps = args.epochs * max(1, len(bundle.train) // 64)
-    train_epochs(model, bundle, args.epochs, 64, args.seed, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps),
-                 None)
+    finetune_dense(model, bundle, args.epochs, argparse.Namespace(batch_size=64), args.seed, None, opt=opt)
     return {"params": params(model), "val_acc": accuracy(model, bundle.val, torch.device("cpu"))}
 
 
