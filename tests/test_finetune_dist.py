@@ -102,10 +102,10 @@ def test_placement_keeps_subtrees_and_each_rank_holds_only_its_branches(splits) 
     assert sum(sizes) == full + trunk and max(sizes) < full  # the trunk is the only copy
 
 
-def run_both(split: Path, tmp_path: Path) -> tuple[Path, Path, list]:
+def run_both(split: Path, tmp_path: Path, **options) -> tuple[Path, Path, list]:
     """A single-process and a 2-rank finetune (float64) of the same split, seed and batches."""
     one, two = copy(split, tmp_path / "one"), copy(split, tmp_path / "two")
-    config = FinetuneConfig(str(one), data=DATA, max_steps=STEPS, batch_size=16, dtype="float64")
+    config = FinetuneConfig(str(one), data=DATA, max_steps=STEPS, batch_size=16, dtype="float64", **options)
     with deadline(240):
         finetune(config, progress=False)
         reports = launch_ranks(replace(config, split_dir=str(two), nproc=2), progress=False)
@@ -156,6 +156,26 @@ def test_two_ranks_equal_one_process_tree(splits, tmp_path: Path) -> None:
     names = [n for n, _ in loaded.model.named_parameters()]
     for j, name in enumerate(n for n, _ in model.named_parameters()):
         assert torch.equal(local["state"][j]["momentum_buffer"], full["state"][names.index(name)]["momentum_buffer"])
+
+
+def test_two_ranks_equal_one_process_with_a_branch_lr_multiple(splits, tmp_path: Path) -> None:
+    """--branch-lr-mult puts the branches in a second parameter group: the ranks' checkpoint is
+    still the single process's, and a rank resumes its own parameters' momentum from it."""
+    one, two, reports = run_both(splits["g2"], tmp_path, branch_lr_mult=4.0)
+    assert_same_finetune(one, two, reports, splits["g2"])
+    full = load_checkpoint(one / CHECKPOINT, kind="finetune")["optimizer"]
+    assert [g["lr_mult"] for g in full["param_groups"]] == [1.0, 4.0]
+    loaded = load_split(splits["g2"])
+    names = [n for n, _ in loaded.model.named_parameters()]
+    order = [n for n in names if not n.startswith("parts.g")] + [n for n in names if n.startswith("parts.g")]
+    model = RankModel(loaded.model, [r.branches for r in reports], 1, seed=0)
+    local = RankReplica(model, loaded.model, 1, 2).local_optimizer_state(full)
+    mine = [n for n, _ in model.named_parameters()]
+    mine = [n for n in mine if not n.startswith("parts.g")] + [n for n in mine if n.startswith("parts.g")]
+    assert [len(g["params"]) for g in local["param_groups"]] == [sum(not n.startswith("parts.g") for n in mine),
+                                                                  sum(n.startswith("parts.g") for n in mine)]
+    for j, name in enumerate(mine):
+        assert torch.equal(local["state"][j]["momentum_buffer"], full["state"][order.index(name)]["momentum_buffer"])
 
 
 def rank_pid(logs: Path, rank: int, timeout: float) -> int:

@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from splitc.core.errors import SplitcError
-from splitc.compile.finetune_loop import FinetuneConfig, FinetuneResult, Replica, claim_split_dir, make_optimizer, prepare, restart, to_run, train
+from splitc.compile.finetune_loop import (FinetuneConfig, FinetuneResult, Replica, branch_prefixes, claim_split_dir, lr_groups,
+                                          make_optimizer, prepare, restart, to_run, train)
 from splitc.compile.split_dir import SPLIT_WEIGHTS, load_split, read_meta
 from splitc.learn.ranks import summed_over_ranks
 from splitc.graph.split_model import INPUT, SplitModel, SplitPlan, TensorRef, module_key
@@ -191,7 +192,7 @@ class RankReplica(Replica):
         self.full_keys = list(full.state_dict())
         self.full_params = [n for n, _ in full.named_parameters()]
         self.local_params = [n for n, _ in model.named_parameters()]
-        self._branch_prefixes = tuple(f"parts.{module_key(s.name)}." for s in full.plan.branches)
+        self._branch_prefixes = branch_prefixes(full.plan)
         self.shared = [p for n, p in model.named_parameters() if not self.is_branch(n)]
 
     def is_branch(self, name: str) -> bool:
@@ -214,18 +215,35 @@ class RankReplica(Replica):
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         sd = optimizer.state_dict()
-        if len(sd["param_groups"]) != 1:
-            raise ValueError("the finetune optimizer has one parameter group")
-        by_name = {self.local_params[i]: st for i, st in sd["state"].items()}
+        local = self._ordered(self.local_params, sd["param_groups"])
+        by_name = {local[i]: st for i, st in sd["state"].items()}
         mine = {n: {k: v.cpu() if torch.is_tensor(v) else v for k, v in st.items()}
                 for n, st in by_name.items() if self.is_branch(n)}
         merged = self._gather(mine)
         if merged is None:
             return None
         by_name.update(merged)
-        state = {i: by_name[n] for i, n in enumerate(self.full_params) if n in by_name}
-        group = {**sd["param_groups"][0], "params": list(range(len(self.full_params)))}
-        return {"state": state, "param_groups": [group]}
+        full = self._ordered(self.full_params, sd["param_groups"])
+        state = {i: by_name[n] for i, n in enumerate(full) if n in by_name}
+        return {"state": state, "param_groups": self._numbered(self.full_params, sd["param_groups"])}
+
+    def _ordered(self, names: list[str], groups: list[dict[str, Any]]) -> list[str]:
+        """``names`` in the order torch numbers an optimizer's parameters: group by group
+        (:func:`~splitc.compile.finetune_loop.lr_groups`, the single process's rule)."""
+        return [n for members in self._split(names, groups) for n in members]
+
+    def _split(self, names: list[str], groups: list[dict[str, Any]]) -> list[list[str]]:
+        if len(groups) not in (1, 2):
+            raise ValueError("the finetune optimizer has one parameter group, or two with a branch lr multiple")
+        return lr_groups(names, self._branch_prefixes, 1.0 if len(groups) == 1 else groups[1]["lr_mult"])
+
+    def _numbered(self, names: list[str], groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``groups``' settings with ``names`` numbered in torch's order."""
+        out, start = [], 0
+        for group, members in zip(groups, self._split(names, groups)):
+            out.append({**group, "params": list(range(start, start + len(members)))})
+            start += len(members)
+        return out
 
     def _gather(self, mine: dict[str, Any]) -> dict[str, Any] | None:
         """Every rank's entries, merged on rank 0 (None elsewhere)."""
@@ -235,10 +253,11 @@ class RankReplica(Replica):
 
     def local_optimizer_state(self, full: dict[str, Any]) -> dict[str, Any]:
         """A single-process optimizer state (any writer's N) cut down to this rank's parameters."""
-        index = {n: i for i, n in enumerate(self.full_params)}
-        state = {j: full["state"][index[n]] for j, n in enumerate(self.local_params) if index[n] in full["state"]}
-        group = {**full["param_groups"][0], "params": list(range(len(self.local_params)))}
-        return {"state": state, "param_groups": [group]}
+        groups = full["param_groups"]
+        index = {n: i for i, n in enumerate(self._ordered(self.full_params, groups))}
+        state = {j: full["state"][index[n]] for j, n in enumerate(self._ordered(self.local_params, groups))
+                 if index[n] in full["state"]}
+        return {"state": state, "param_groups": self._numbered(self.local_params, groups)}
 
 
 @dataclass(frozen=True)

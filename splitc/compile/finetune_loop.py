@@ -22,6 +22,7 @@ from splitc.learn.optim import schedule_at
 from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss, load_teacher
 from splitc.compile.split_dir import FINETUNED_WEIGHTS, SPLIT_JSON, SPLIT_WEIGHTS, load_split, read_meta, write_json, write_tensors
 from splitc.core.files import FINETUNE_CHECKPOINT, FINETUNE_METRICS
+from splitc.graph.split_model import module_key
 
 CHECKPOINT, METRICS = FINETUNE_CHECKPOINT, FINETUNE_METRICS
 # Epochs when --epochs is not given: after a split learned from scratch, and after one cut from
@@ -29,6 +30,11 @@ CHECKPOINT, METRICS = FINETUNE_CHECKPOINT, FINETUNE_METRICS
 # epochs after a 15-epoch teacher (docs/RESULTS.md): the from-trained path stays under a third of
 # the teacher's training time.
 DEFAULT_EPOCHS = {"scratch": 10, "trained": 4}
+# The branches' learning rate as a multiple of --lr when --branch-lr-mult is not given (the
+# trunk and the merge train at --lr). A split learned from scratch trained its branches with the
+# trunk; a split cut from trained weights starts its branches from a cut (docs/RESULTS.md, "The
+# cut region's learning rate").
+DEFAULT_BRANCH_LR_MULT = {"scratch": 1.0, "trained": 1.0}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -55,6 +61,7 @@ class FinetuneConfig:
     distill_alpha: float = DEFAULT_ALPHA
     normalize: str | None = None    # None: the learn run's (split.json "normalize")
     eval_every: int = 0             # validate after every N epochs; 0: after the last one only
+    branch_lr_mult: float | None = None   # the branches' lr / lr; None: DEFAULT_BRANCH_LR_MULT for the start
 
 
 @dataclass(frozen=True)
@@ -119,14 +126,16 @@ def prepare(config: FinetuneConfig, meta: dict[str, Any], input_size: tuple[int,
             device: torch.device, loaded: Any = None) -> Run:
     """What the loop fixes before its first step; ``loaded`` (the split as loaded) gives the
     teacher's architecture for --distill."""
-    config = replace(config, epochs=default_epochs(config, meta))   # split.json records what ran
+    config = replace(config, epochs=default_epochs(config, meta),   # split.json records what ran
+                     branch_lr_mult=default_branch_lr_mult(config, meta))
     bundle = load_data(config.data, input_size, seed=config.seed, flip=config.flip,
                        normalize=config.normalize or meta.get("normalize"))
     _check_data(meta, bundle, config)
     torch.manual_seed(config.seed)
     steps_per_epoch = max(1, len(bundle.train) // config.batch_size)
     total = config.max_steps or config.epochs * steps_per_epoch
-    identity = {"split": _digest(meta["plan"]), "data": config.data, "distill": config.distill}
+    identity = {"split": _digest(meta["plan"]), "data": config.data, "distill": config.distill,
+                "branch_lr_mult": config.branch_lr_mult}   # it fixes the optimizer's parameter groups
     teacher = None
     if config.distill:
         teacher = load_teacher(Path(config.split_dir), meta, loaded.unsplit, device)
@@ -141,6 +150,29 @@ def default_epochs(config: FinetuneConfig, meta: dict[str, Any]) -> int:
     return DEFAULT_EPOCHS["trained" if meta.get("trained_start") else "scratch"]
 
 
+def default_branch_lr_mult(config: FinetuneConfig, meta: dict[str, Any]) -> float:
+    """``--branch-lr-mult``, else :data:`DEFAULT_BRANCH_LR_MULT` for the split's start."""
+    if config.branch_lr_mult is not None:
+        if not config.branch_lr_mult > 0:
+            raise SplitcError(f"--branch-lr-mult must be positive, got {config.branch_lr_mult}.")
+        return float(config.branch_lr_mult)
+    return DEFAULT_BRANCH_LR_MULT["trained" if meta.get("trained_start") else "scratch"]
+
+
+def branch_prefixes(plan: Any) -> tuple[str, ...]:
+    """The parameter-name prefixes of ``plan``'s branches in a split model (``parts.g0.``...)."""
+    return tuple(f"parts.{module_key(s.name)}." for s in plan.branches)
+
+
+def lr_groups(names: list[str], prefixes: tuple[str, ...], mult: float) -> list[list[str]]:
+    """``names`` in the optimizer's parameter groups: one group at lr 1x, or with a branch
+    multiple other than 1 the trunk and merge (1x) then the branches (``mult`` x), each in the
+    given order. One rule for the single process and the ranks, whose checkpoints share a format."""
+    if mult == 1.0:
+        return [list(names)]
+    return [[n for n in names if not n.startswith(prefixes)], [n for n in names if n.startswith(prefixes)]]
+
+
 def to_run(model: torch.nn.Module, run: Run) -> torch.nn.Module:
     """The model on the run's device in its dtype; inputs (training and validation) are cast to it."""
     dtype = DTYPES[run.config.dtype]
@@ -150,8 +182,14 @@ def to_run(model: torch.nn.Module, run: Run) -> torch.nn.Module:
 
 
 def make_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=True)
+    """SGD with Nesterov momentum; the branches in their own group at ``branch_lr_mult`` x lr
+    (``lr_mult`` in the group, which the schedule scales from)."""
+    params = dict(model.named_parameters())
+    mult = 1.0 if config.branch_lr_mult is None else config.branch_lr_mult
+    groups = lr_groups(list(params), branch_prefixes(model.plan), mult)
+    return torch.optim.SGD([{"params": [params[n] for n in names], "lr": config.lr * m, "lr_mult": m}
+                            for names, m in zip(groups, (1.0, mult))],
+                           lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
 
 
 def restart(run: Run, writer: bool = True) -> dict[str, Any] | None:

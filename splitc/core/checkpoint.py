@@ -39,6 +39,7 @@ _FIX_FOR = {
     "scope": "pass the same --groups/--split-from/--split-depth/--preset",
     "data": "pass the same --data",
     "assign": "pass the same --assign kind",
+    "branch_lr_mult": "pass the same --branch-lr-mult",
 }
 
 

@@ -105,7 +105,7 @@ def schedule_at(optimizer: torch.optim.Optimizer, base_lr: float, schedule: str,
     half-formed (mean top probability 0.3-0.6 after 10 epochs), so the harden step would cut by
     argmaxes of near-uniform columns."""
     for group in optimizer.param_groups:   # this run's --lr, not a resumed optimizer's last rate
-        group["initial_lr"] = base_lr
+        group["initial_lr"] = base_lr * group.get("lr_mult", 1.0)   # finetune's branches: a multiple
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(schedule, s, total, ramp_steps), last_epoch=step - 1)
 
