@@ -181,7 +181,7 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
         tuned = finetune(FinetuneConfig(split_dir=str(folder), data=args.data, seed=seed, force=True,
                                         epochs=args.post_epochs - learn_epochs,
                                         batch_size=args.batch_size, eval_every=int(args.epoch_curve),
-                                        lr=args.finetune_lr,
+                                        lr=args.finetune_lr, branch_lr_mult=args.branch_lr_mult,
                                         distill=distill), progress=False)
         rows.append({"key": key + ("+kd" if distill else ""), "groups": groups, "seed": seed,
                      "params": summary["params"], "flops": summary["flops"], "val_acc": tuned.val_acc,
@@ -191,10 +191,15 @@ def split_rows(args: argparse.Namespace, key: str, groups: int, seed: int) -> li
                      "superclass_ari": result.superclass_ari, "split_dir": str(folder),
                      "recal_val_acc": recal, "class_groups": named_groups(out / "run"),
                      "epoch_val_acc": epoch_curve(folder), "learn_epochs": learn_epochs,
-                     "finetune_lr": args.finetune_lr,
+                     "finetune_lr": args.finetune_lr, "branch_lr_mult": tuned_mult(folder),
                      "seconds": round(shared + time.perf_counter() - t0, 1),
                      "finetune_seconds": round(time.perf_counter() - t0, 1)})
     return rows
+
+
+def tuned_mult(split_dir: Path) -> float | None:
+    """The branch lr multiple the split's finetune ran with (split.json records the config)."""
+    return read_meta(split_dir).get("finetune", {}).get("branch_lr_mult")
 
 
 def e2e_row(args: argparse.Namespace, groups: int, seed: int) -> dict:
@@ -341,6 +346,9 @@ def main() -> None:
                         help="split rows without their distilled twin (half the finetune time)")
     parser.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=FinetuneConfig.lr,
                         help="finetune's peak lr for every row after the teacher (default: finetune's own)")
+    parser.add_argument("--branch-lr-mult", dest="branch_lr_mult", type=float, default=None,
+                        help="finetune's branch lr multiple for the split rows (default: finetune's own, "
+                             "4 for a split cut from trained weights)")
     parser.add_argument("--epoch-curve", dest="epoch_curve", action="store_true",
                         help="validate after every finetune epoch (the accuracy-per-epoch lines; costs time)")
     parser.add_argument("--merge", nargs="*", default=[], help="earlier runs' JSON (same teachers) to report with")

@@ -150,13 +150,17 @@ def test_splitnet_from_a_trained_model_compiles_the_one_shot_split_at_once(train
 
 
 def test_a_split_from_trained_weights_finetunes_the_shorter_default(from_trained, tmp_path: Path) -> None:
-    from splitc.compile.finetune_loop import DEFAULT_EPOCHS, default_epochs
+    from splitc.compile.finetune_loop import DEFAULT_BRANCH_LR_MULT, DEFAULT_EPOCHS, default_branch_lr_mult, default_epochs
     split = Path(shutil.copytree(from_trained[1], tmp_path / "split"))
     meta = json.loads((split / "split.json").read_text())
     assert meta["trained_start"] is True
     assert default_epochs(FinetuneConfig(str(split)), meta) == DEFAULT_EPOCHS["trained"] < DEFAULT_EPOCHS["scratch"]
     assert default_epochs(FinetuneConfig(str(split)), {**meta, "trained_start": False}) == DEFAULT_EPOCHS["scratch"]
     assert default_epochs(FinetuneConfig(str(split), epochs=7), meta) == 7
+    # and trains its branches at 4x the trunk's rate; a split from scratch at 1x
+    assert default_branch_lr_mult(FinetuneConfig(str(split)), meta) == DEFAULT_BRANCH_LR_MULT["trained"] == 4.0
+    assert default_branch_lr_mult(FinetuneConfig(str(split)), {**meta, "trained_start": False}) == 1.0
+    assert default_branch_lr_mult(FinetuneConfig(str(split), branch_lr_mult=2.0), meta) == 2.0
 
 
 def test_a_hierarchy_from_trained_weights_learns_its_groups_first(trained, tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ from splitc.data.loaders import FORMS
 @click.option("--normalize", default=None, metavar="FORM",
               help="Input normalisation; default: the one the learn run used. " + NORMALIZE_HELP)
 @click.option("--branch-lr-mult", type=POSITIVE, default=None, metavar="M",
-              help="The branches train at M x --lr, the trunk and merge at --lr (default 1).")
+              help="The branches train at M x --lr, the trunk and merge at --lr (default 1, or 4 for a split "
+                   "cut from trained --weights: its trunk is the teacher's, its branches were just cut).")
 @click.option("--eval-every", type=click.IntRange(min=0), default=None, metavar="N",
               help="Validate after every N epochs too (default 0: after the last epoch only).")
 @click.option("--no-flip", is_flag=True, help="No horizontal flip augmentation.")
