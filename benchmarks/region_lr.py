@@ -1,16 +1,17 @@
-"""An ablation, not a splitc option: finetune with the cut region at a higher learning rate.
+"""The branches' learning rate, paired: one split (or pruned network) finetuned at 1x and at M x.
 
-    .venv/bin/python benchmarks/region_lr.py split SPLIT_DIR --data D --epochs E --seed S --mult M [--out DIR]
+    .venv/bin/python benchmarks/region_lr.py split SPLIT_DIR --data D --epochs E --seed S --mult M [--only P] [--out DIR]
     .venv/bin/python benchmarks/region_lr.py pruned TEACHER.pt --data D --epochs E --seed S --mult M
 
-``split``: a copy of SPLIT_DIR (``split`` output, before its finetune) is finetuned by splitc's own
-``finetune`` with the branches' parameters (the layers the cut changed, the classifier's slices
-included) at ``M`` times finetune's lr and the trunk at 1x; ``--mult 1`` is finetune unchanged
-(it reproduces the table's run of the same split to the last digit on one machine).
-``pruned``: the teacher pruned by Torch-Pruning to the G = 4 split's params from ``layer3``, as
-``from_trained.py``'s ``pruned`` row, and trained with the same optimiser, ``layer3`` and the
-classifier at ``M`` x. Both print one JSON line. The finetune's own optimiser is swapped in
-through ``splitc.compile.finetune_loop``'s two factories, which is why this is a script.
+``split``: a copy of SPLIT_DIR (``split`` output; a finetune there is replaced) is finetuned by
+splitc's own ``finetune --branch-lr-mult M`` (the branches at M x finetune's lr, the trunk and the
+merge at 1x). ``--only P`` puts only that subset of the branches' parameters at M x (resnet20's
+names: the convolutions, the first convolution and the shortcut, the other convolutions, the
+BatchNorms, the classifier's slices), through finetune's optimizer factory, which is why this is
+a script. ``pruned``: the teacher pruned by Torch-Pruning to the G = 4 split's params from
+``layer3``, as ``from_trained.py``'s ``pruned`` row, and trained with the same optimiser,
+``layer3`` and the classifier at ``M`` x. Both print one JSON line (docs/RESULTS.md, "The
+branches' learning rate").
 """
 
 from __future__ import annotations
@@ -33,34 +34,31 @@ LR = FinetuneConfig.lr
 
 
 def region_optimizer(named: list[tuple[str, torch.nn.Parameter]], in_region, mult: float, config=None):
-    """finetune's SGD with two groups: the region at ``mult`` x lr, the rest at 1x."""
+    """finetune's SGD with two groups: the region at ``mult`` x lr, the rest at 1x (``lr_mult``:
+    finetune's schedule scales each group from it)."""
     lr = config.lr if config is not None else LR
     region = [p for n, p in named if in_region(n)]
     rest = [p for n, p in named if not in_region(n)]
-    return torch.optim.SGD([{"params": rest, "lr": lr}, {"params": region, "lr": lr * mult}], lr=lr,
+    return torch.optim.SGD([{"params": rest, "lr": lr, "lr_mult": 1.0},
+                            {"params": region, "lr": lr * mult, "lr_mult": mult}], lr=lr,
                            momentum=FinetuneConfig.momentum, weight_decay=FinetuneConfig.weight_decay, nesterov=True)
 
 
+ONLY = {"all": lambda n: True, "conv": lambda n: "conv" in n or "downsample.0" in n,
+        "conv-first": lambda n: "layer3.0.conv1" in n or "downsample.0" in n,
+        "conv-inner": lambda n: ("conv" in n or "downsample.0" in n) and not ("layer3.0.conv1" in n or "downsample.0" in n),
+        "norm": lambda n: "bn" in n or "downsample.1" in n, "fc": lambda n: ".fc." in n}   # resnet20's names
+
+
 def split_run(args: argparse.Namespace) -> dict:
-    plain_schedule = loop.schedule_at
-
-    def make_optimizer(model, config):
-        return region_optimizer(list(model.named_parameters()), lambda n: n.startswith("parts.g"), args.mult, config)
-
-    def schedule_at(optimizer, base_lr, schedule, total, step, ramp_steps=0):
-        scheduler = plain_schedule(optimizer, base_lr, schedule, total, step, ramp_steps)
-        optimizer.param_groups[1]["initial_lr"] = base_lr * args.mult       # the region keeps its multiple
-        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
-        return scheduler
-
-    loop.make_optimizer, loop.schedule_at = make_optimizer, schedule_at
+    if args.only != "all":   # M x on a subset of the branches' parameters, 1x on the rest
+        loop.make_optimizer = lambda model, config: region_optimizer(
+            list(model.named_parameters()), lambda n: n.startswith("parts.g") and ONLY[args.only](n), args.mult, config)
     out = Path(args.out or tempfile.mkdtemp(prefix="region-lr-")) / "split"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(args.source, out)
     result = finetune(FinetuneConfig(split_dir=str(out), data=args.data, seed=args.seed, force=True, epochs=args.epochs,
-                                     eval_every=0), progress=False)
+                                     eval_every=0, branch_lr_mult=args.mult), progress=False)
     return {"val_acc": result.val_acc}
 
 
@@ -90,6 +88,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--mult", type=float, required=True, help="the region's lr as a multiple of finetune's")
+    parser.add_argument("--only", choices=tuple(ONLY), default="all",
+                        help="split: which of the branches' parameters get the multiple (resnet20's names)")
     parser.add_argument("--out", default=None, help="where the split's copy is finetuned (default: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -97,6 +97,7 @@ def main() -> None:
     started = time.perf_counter()
     row = (split_run if args.kind == "split" else pruned_run)(args)
     print(json.dumps({"kind": args.kind, "source": args.source, "data": args.data, "seed": args.seed, "mult": args.mult,
+                      "only": args.only,
                       "epochs": args.epochs, **row, "seconds": round(time.perf_counter() - started, 1)}))
 
 
