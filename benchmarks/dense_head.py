@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from splitc.compile.dense_view import dense_split
+from splitc.compile.finetune import FinetuneConfig
 from splitc.compile.split_dir import load_split
 from splitc.core.files import SPLIT_WEIGHTS
 from splitc.data.batches import accuracy
@@ -78,7 +79,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     bundle = data_of(argparse.Namespace(model=loaded.meta["model"], data=args.data), args.seed)
     start = accuracy(module, bundle.val, CPU)
-    opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = torch.optim.SGD(module.parameters(), lr=FinetuneConfig.lr, momentum=FinetuneConfig.momentum,
+                          weight_decay=FinetuneConfig.weight_decay, nesterov=True)
 
     @torch.no_grad()
     def remask(*_):

@@ -240,7 +240,8 @@ def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.N
     from splitc.learn.plain import train_epochs
 
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
-    opt = opt or torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = opt or torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=FinetuneConfig.momentum,
+                                 weight_decay=FinetuneConfig.weight_decay, nesterov=True)
 
     def distilled(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

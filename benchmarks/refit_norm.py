@@ -35,7 +35,7 @@ import splitc.learn.grouping as grouping
 from splitc.compile.finetune import FinetuneConfig, finetune
 from splitc.compile.split_run import run_split
 from splitc.learn.loop import LearnConfig, learn
-from splitc.learn.refit import refit_cut
+from splitc.learn.refit import RIDGE, refit_cut
 
 
 def conv_bn_pairs(gm: fx.GraphModule) -> dict[str, str]:
@@ -55,7 +55,7 @@ def row_norms(w: torch.Tensor) -> torch.Tensor:
 
 
 def patched_refit(target: str, record: dict):
-    def refit(dense, masked, masks, batches, ridge=grouping.refit_cut.__defaults__[0], sources=None):
+    def refit(dense, masked, masks, batches, ridge=RIDGE, sources=None):
         modules, reference = dict(masked.named_modules()), dict(dense.named_modules())
         cut = {n: row_norms(modules[n].weight) for n in masks if n in modules}
         full = {n: row_norms(reference[n].weight) for n in masks if n in reference}

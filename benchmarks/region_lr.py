@@ -46,14 +46,15 @@ def region_optimizer(named: list[tuple[str, torch.nn.Parameter]], in_region, mul
 
 ONLY = {"all": lambda n: True, "conv": lambda n: "conv" in n or "downsample.0" in n,
         "conv-first": lambda n: "layer3.0.conv1" in n or "downsample.0" in n,
-        "conv-inner": lambda n: ("conv" in n or "downsample.0" in n) and not ("layer3.0.conv1" in n or "downsample.0" in n),
+        "conv-inner": lambda n: ONLY["conv"](n) and not ONLY["conv-first"](n),
         "norm": lambda n: "bn" in n or "downsample.1" in n, "fc": lambda n: ".fc." in n}   # resnet20's names
 
 
 def split_run(args: argparse.Namespace) -> dict:
     if args.only != "all":   # M x on a subset of the branches' parameters, 1x on the rest
         loop.make_optimizer = lambda model, config: region_optimizer(
-            list(model.named_parameters()), lambda n: n.startswith("parts.g") and ONLY[args.only](n), args.mult, config)
+            list(model.named_parameters()), lambda n: n.startswith(loop.branch_prefixes(model.plan)) and ONLY[args.only](n),
+            args.mult, config)
     out = Path(args.out or tempfile.mkdtemp(prefix="region-lr-")) / "split"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(args.source, out)

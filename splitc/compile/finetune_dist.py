@@ -235,7 +235,7 @@ class RankReplica(Replica):
     def _split(self, names: list[str], groups: list[dict[str, Any]]) -> list[list[str]]:
         if len(groups) not in (1, 2):
             raise ValueError("the finetune optimizer has one parameter group, or two with a branch lr multiple")
-        return lr_groups(names, self._branch_prefixes, 1.0 if len(groups) == 1 else groups[1]["lr_mult"])
+        return lr_groups(names, self._branch_prefixes, apart=len(groups) == 2)
 
     def _numbered(self, names: list[str], groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``groups``' settings with ``names`` numbered in torch's order."""

@@ -165,11 +165,11 @@ def branch_prefixes(plan: Any) -> tuple[str, ...]:
     return tuple(f"parts.{module_key(s.name)}." for s in plan.branches)
 
 
-def lr_groups(names: list[str], prefixes: tuple[str, ...], mult: float) -> list[list[str]]:
-    """``names`` in the optimizer's parameter groups: one group at lr 1x, or with a branch
-    multiple other than 1 the trunk and merge (1x) then the branches (``mult`` x), each in the
-    given order. One rule for the single process and the ranks, whose checkpoints share a format."""
-    if mult == 1.0:
+def lr_groups(names: list[str], prefixes: tuple[str, ...], apart: bool) -> list[list[str]]:
+    """``names`` in the optimizer's parameter groups: one group, or with the branches ``apart``
+    (a branch multiple other than 1) the trunk and merge then the branches, each in the given
+    order. One rule for the single process and the ranks, whose checkpoints share a format."""
+    if not apart:
         return [list(names)]
     return [[n for n in names if not n.startswith(prefixes)], [n for n in names if n.startswith(prefixes)]]
 
@@ -187,7 +187,7 @@ def make_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.opti
     (``lr_mult`` in the group, which the schedule scales from)."""
     params = dict(model.named_parameters())
     mult = 1.0 if config.branch_lr_mult is None else config.branch_lr_mult
-    groups = lr_groups(list(params), branch_prefixes(model.plan), mult)
+    groups = lr_groups(list(params), branch_prefixes(model.plan), apart=mult != 1.0)
     return torch.optim.SGD([{"params": [params[n] for n in names], "lr": config.lr * m, "lr_mult": m}
                             for names, m in zip(groups, (1.0, mult))],
                            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
