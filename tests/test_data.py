@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from torchvision import transforms as T
 
 from datagen import dump_py2
-from splitc.data import synthetic
+from splitc.data import families, synthetic
 from splitc.data.bundle import ImageTensorDataset
 from splitc.data.loaders import DataBundle, DataError, describe_specs, load_data
 
@@ -52,13 +52,15 @@ def test_synthetic_roughly_normalised(fast) -> None:
     assert torch.all(mean.abs() < 0.2) and torch.all((std - 1).abs() < 0.2)
 
 
-def test_synthetic_is_deterministic_per_seed() -> None:
-    raw = synthetic.generate.__wrapped__  # bypass the in-memory cache
-    a, la = raw(3, 7, 0)
-    b, lb = raw(3, 7, 0)
+@pytest.mark.parametrize("module", [synthetic, families], ids=["synthetic", "families"])
+def test_built_in_data_is_deterministic_per_seed_and_stream(module) -> None:
+    raw = module.generate.__wrapped__  # bypass the in-memory cache
+    a, la = raw(2, 7, 0)
+    b, lb = raw(2, 7, 0)
     assert torch.equal(a, b) and torch.equal(la, lb)
-    assert not torch.equal(a, raw(3, 8, 0)[0])
-    assert not torch.equal(a, raw(3, 7, 1)[0])  # train and val streams differ
+    assert not torch.equal(a, raw(2, 8, 0)[0])
+    assert not torch.equal(a, raw(2, 7, 1)[0])  # train and val streams differ
+    assert module.generate(2, 7, 0) is module.generate(2, 7, 0)  # cached
 
 
 def test_synthetic_train_and_val_do_not_share_images(fast) -> None:

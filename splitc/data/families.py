@@ -264,7 +264,4 @@ def generate(n_per_class: int, seed: int, stream: int = 0) -> tuple[torch.Tensor
     Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)`` with
     ``N = NUM_CLASSES * n_per_class``, grouped by class.  Cached: treat as read-only.
     """
-    rng = np.random.default_rng([seed, stream])
-    images = [synthetic.paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
-    labels = np.repeat(np.arange(NUM_CLASSES), n_per_class)
-    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels)
+    return synthetic.render_classes(_RENDERERS, n_per_class, seed, stream)

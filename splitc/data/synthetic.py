@@ -34,7 +34,7 @@ images take 1-2 s. Results are cached in memory per ``(n_per_class, seed, stream
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -201,7 +201,14 @@ def generate(n_per_class: int, seed: int, stream: int = 0) -> tuple[torch.Tensor
     Returns ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)`` with
     ``N = NUM_CLASSES * n_per_class``, grouped by class.  Cached: treat as read-only.
     """
+    return render_classes(_RENDERERS, n_per_class, seed, stream)
+
+
+def render_classes(renderers: Sequence[Renderer], n_per_class: int,
+                   seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_per_class`` painted images per renderer (class ``i`` = ``renderers[i]``), one random
+    stream for all of them in class order: what every built-in shape data set's ``generate`` is."""
     rng = np.random.default_rng([seed, stream])
-    images = [paint(rng, render(rng, n_per_class).astype(np.float32)) for render in _RENDERERS]
-    labels = np.repeat(np.arange(NUM_CLASSES), n_per_class)
+    images = [paint(rng, render(rng, n_per_class).astype(np.float32)) for render in renderers]
+    labels = np.repeat(np.arange(len(renderers)), n_per_class)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels)
