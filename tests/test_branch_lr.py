@@ -73,3 +73,26 @@ def test_the_default_multiple_is_recorded_and_a_resume_with_another_is_one_line(
     assert bad.exit_code == 2 and len(lines) == 1 and "--branch-lr-mult" in lines[0], bad.output
     zero = runner.invoke(main, ["finetune", str(folder), "--data", DATA, "--branch-lr-mult", "0"])
     assert zero.exit_code == 2 and "--branch-lr-mult" in zero.output
+
+
+def test_a_checkpoint_from_before_the_option_resumes_at_1x_and_says_so_otherwise(split, tmp_path: Path) -> None:
+    """A finetune checkpoint written before --branch-lr-mult has no such field: it ran at 1x."""
+    import torch
+
+    folder = tmp_path / "old"
+    shutil.copytree(split, folder)
+    runner = CliRunner()
+    first = runner.invoke(main, ["finetune", str(folder), "--data", DATA, "--max-steps", "2", "--batch-size", "8",
+                                 "--branch-lr-mult", "1"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    path = folder / "finetune.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["identity"]["branch_lr_mult"]
+    torch.save(ckpt, path)
+    bad = runner.invoke(main, ["finetune", str(folder), "--data", DATA, "--max-steps", "3", "--batch-size", "8",
+                               "--resume", "--branch-lr-mult", "4"], catch_exceptions=False)
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1 and "branch_lr_mult=1.0" in lines[0], bad.output
+    ok = runner.invoke(main, ["finetune", str(folder), "--data", DATA, "--max-steps", "3", "--batch-size", "8",
+                              "--resume", "--branch-lr-mult", "1"], catch_exceptions=False)
+    assert ok.exit_code == 0, ok.output

@@ -41,6 +41,9 @@ _FIX_FOR = {
     "assign": "pass the same --assign kind",
     "branch_lr_mult": "pass the same --branch-lr-mult",
 }
+# What a checkpoint written before an identity field existed ran with: a finetune before
+# --branch-lr-mult trained every parameter at --lr.
+_BEFORE_FIELD = {"branch_lr_mult": 1.0}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -87,7 +90,7 @@ def _check_splitc(path: Path, payload: Any, kind: str | None) -> None:
 def _check_identity(path: Path, identity: dict[str, Any], expect: dict[str, Any]) -> None:
     """The first field that differs names itself and the option that fixes it."""
     for field, wanted in expect.items():
-        found = identity.get(field)
+        found = identity.get(field, _BEFORE_FIELD.get(field))
         if _norm(found) != _norm(wanted):
             fix = _FIX_FOR.get(field, f"use the same {field}")
             raise SplitcError(f"checkpoint {path} was written for {field}={_norm(found)!r}, but "
