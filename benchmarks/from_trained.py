@@ -17,16 +17,14 @@ the compressed rows have the split's params:
 - ``default`` / ``default+kd`` (the default before this table; the key kept for the JSON):
   ``splitc learn --weights teacher --epochs 3`` (R_W clears the cut for ``--learn-epochs``),
   ``split``, then ``finetune`` for the rest, without / with ``--distill``;
-- ``transplant``: today's default from trained weights (one level), ``learn --epochs 0``: the
-  groups cut at once from the teacher, each group's channels taken from those most important to
-  its classes, refit, and every post epoch spent in finetune (the one-shot cut is the authors'
-  ImageNet practice);
-- ``oneshot`` (+kd, +kd-soft): the same one-shot cut with the channels where the grouping put
-  them (``--no-transplant``, the default before); +kd-soft: distilled at T 2, a 0.5 instead of
-  the common T 4, a 0.9;
+- ``oneshot`` (+kd, +kd-soft): the default from trained weights, ``learn --epochs 0``: the groups
+  cut at once from the teacher and every post epoch spent in finetune (the authors' ImageNet
+  practice); +kd-soft: distilled at T 2, a 0.5 instead of the common T 4, a 0.9;
+- ``transplant``: the same with ``learn --transplant`` (each group's channels taken from those
+  most important to its classes before the refit);
 - ``classifier`` (+kd): ``default`` with the classes grouped by the classifier's rows;
-- ``random-transplant``: SplitNet-Random with today's recipe (random class groups, transplant,
-  refit, every post epoch in finetune); ``random-oneshot`` (+kd): the same with ``--no-transplant``;
+- ``random-oneshot`` (+kd): SplitNet-Random, cut at once, every post epoch in finetune;
+  ``random-transplant``: the same with ``--transplant``;
 - ``random`` / ``random+kd``: the same with SplitNet-Random (``--assign random``) from the teacher;
 - ``pruned`` / ``pruned+kd``: the teacher pruned by Torch-Pruning (L2 magnitude, DepGraph-coupled,
   its ``--split-from`` region, ``anchors.prune_to``) to the split's params, then finetuned with
@@ -153,11 +151,9 @@ def train_teacher(args: argparse.Namespace, seed: int) -> dict:
     return {"seed": seed, "val_acc": accuracy(model, bundle.val, CPU), "seconds": seconds}
 
 
-PLAIN = {"transplant": False}   # the cut as it falls (the one-level default before the transplant), keys kept for the JSON
-SPLIT_ROWS = {"default": PLAIN, "classifier": {"init_groups": "classifier-cut", **PLAIN},
-              "random": {"assign": "random", **PLAIN}, "oneshot": PLAIN, "random-oneshot": {"assign": "random", **PLAIN},
-              "oneshot-norefit": {"refit": False}, "transplant": {"transplant": True},
-              "random-transplant": {"assign": "random", "transplant": True},
+SPLIT_ROWS = {"default": {}, "classifier": {"init_groups": "classifier-cut"}, "random": {"assign": "random"},
+              "oneshot": {}, "random-oneshot": {"assign": "random"}, "oneshot-norefit": {"refit": False},
+              "transplant": {"transplant": True}, "random-transplant": {"assign": "random", "transplant": True},
               "random-oneshot-norefit": {"assign": "random", "refit": False}}
 ONESHOT = ("oneshot", "random-oneshot", "oneshot-norefit", "random-oneshot-norefit", "transplant", "random-transplant")   # learn --epochs 0: the cut made at once, every post epoch in finetune
 

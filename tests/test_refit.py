@@ -5,7 +5,6 @@ split of a refit run equals its masked model and scores what learn reported."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,22 +159,9 @@ def test_transplant_gives_each_group_its_most_important_channels_and_the_refit_r
     assert report.error_after < report.error_before
 
 
-def test_default_transplant_from_trained_weights_one_level_only() -> None:
-    from splitc.learn.config import default_transplant
-
-    base = LearnConfig(model="resnet20", data=DATA, groups="4")
-    assert default_transplant(base, trained=True, levels=1)
-    assert not default_transplant(base, trained=False, levels=1)          # from scratch: nothing trained to place
-    assert not default_transplant(base, trained=True, levels=2)           # a hierarchy: not measured, the plain cut
-    assert not default_transplant(replace(base, refit=False), trained=True, levels=1)
-    assert not default_transplant(replace(base, overlap=0.1), trained=True, levels=1)
-    assert not default_transplant(replace(base, transplant=False), trained=True, levels=1)   # --no-transplant
-    assert default_transplant(replace(base, transplant=True), trained=False, levels=2)       # as given
-
-
-def test_a_split_from_trained_weights_is_transplanted_by_default_and_equals_its_masked_model(trained, tmp_path: Path) -> None:
+def test_a_transplanted_split_is_its_masked_model_and_says_what_moved(trained, tmp_path: Path) -> None:
     result = learn(LearnConfig(model="resnet20", data=DATA, groups="4", split_from="layer3", weights=str(trained),
-                               out=str(tmp_path / "run")), progress=False)
+                               out=str(tmp_path / "run"), transplant=True), progress=False)
     doc = json.loads((tmp_path / "run" / "assignment.json").read_text())["refit"]
     held, moved = doc["transplant"]["importance_held"], doc["transplant"]["importance_transplanted"]
     assert held.keys() == moved.keys() and all(moved[s] >= held[s] for s in held)

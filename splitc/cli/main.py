@@ -143,9 +143,7 @@ def inspect(model: str, num_classes, input_size, weights, groups, split_from, sp
               show_default=True, help="Assignment parameterisation (random = SplitNet-Random).")
 @click.option("--refit/--no-refit", default=None, help="Refit the weights the cut keeps so that the split reproduces "
               "the dense network layer by layer on 512 training images (default: on from trained --weights).")
-@click.option("--transplant/--no-transplant", default=None,
-              help="With the refit: each group starts from its classes' most important channels (default: on "
-                   "for a one-level split cut from trained --weights).")
+@click.option("--transplant", is_flag=True, help="With the refit: each group starts from its classes' most important channels.")
 @click.option("--init-groups", type=click.Choice(list(INIT_GROUPS)), default=None,
               help="How the groups are found. cluster-cut (the default for one-level splits): the class "
                    "map is a balanced spectral clustering of the warmed-up class-mean features and "
@@ -215,9 +213,8 @@ def learn(model: str, input_size, no_flip: bool, as_json: bool, **options) -> No
         given["resume"] = True
     if options.get("commit") is False:  # --no-commit
         given["commit"] = False
-    for switch in ("refit", "transplant"):   # --no-refit, --no-transplant
-        if options.get(switch) is False:
-            given[switch] = False
+    if options.get("refit") is False:   # --no-refit
+        given["refit"] = False
     if input_size:
         given["input_size"] = parse_input_size(input_size)
     config = LearnConfig(model=model, flip=not no_flip, **given)

@@ -114,7 +114,7 @@ class LearnConfig:
     weights: str | None = None      # trained weights to start from (graph.weights: file, torchvision:, timm)
     normalize: str | None = None    # input statistics (data.bundle.pick_stats); None: the data form's
     refit: bool | None = None       # refit the cut's kept weights to the dense network (learn.refit); None: from trained weights
-    transplant: bool | None = None  # each group starts from its classes' most important channels (learn.transplant); None: default_transplant
+    transplant: bool = False        # each group starts from its classes' most important channels (learn.transplant)
 
     def __post_init__(self) -> None:
         """Read the text spellings of the scope and the paths into their types (a value that does
@@ -199,17 +199,6 @@ def default_init_groups(config: LearnConfig, levels: int) -> str:
     if DEFAULT_INIT_GROUPS in CUT_INITS and (levels > 1 or not config.commit or config.assign == "random"):
         return "learned"
     return DEFAULT_INIT_GROUPS
-
-
-def default_transplant(config: LearnConfig, trained: bool, levels: int) -> bool:
-    """``--transplant`` as given, else on where the refit cuts one level of a trained network
-    (``--refit`` not turned off, no ``--overlap``). From trained weights it ended above the
-    plain cut at G = 2, 3 and 4 on Fashion-MNIST and at G = 4 on ``synthetic:families``
-    (docs/RESULTS.md, "Channel placement: the transplant"); a hierarchy transplants only its
-    classes' level and was not measured, so it keeps the plain cut."""
-    if config.transplant is not None:
-        return config.transplant
-    return trained and levels == 1 and config.refit is not False and config.overlap is None
 
 
 def check_numbers(config: LearnConfig, names: Naming = FLAG) -> None:

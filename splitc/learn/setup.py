@@ -25,8 +25,7 @@ from splitc.graph.analysis import analyse
 from splitc.graph.scope import make_spec
 from splitc.learn import schedule
 from splitc.learn.assign import AssignmentSet
-from splitc.learn.config import (CUT_INITS, TRAINED_HIERARCHY_EPOCHS, LearnConfig, default_init_groups, default_transplant,
-                                 resolve_start)
+from splitc.learn.config import CUT_INITS, TRAINED_HIERARCHY_EPOCHS, LearnConfig, default_init_groups, resolve_start
 from splitc.learn.cut_groups import check_flat
 from splitc.learn.optim import make_optimizers
 from splitc.learn.ranks import SINGLE, Ranks
@@ -57,8 +56,7 @@ def build_run(config: LearnConfig, model: nn.Module, data: RunData, input_size: 
         config = replace(config, epochs=TRAINED_HIERARCHY_EPOCHS)
         start_notes = (*start_notes, f"a hierarchy has no one-shot split: its groups are learned for "
                                      f"{TRAINED_HIERARCHY_EPOCHS} epoch(s) from the trained weights before the cut")
-    config = replace(config, init_groups=default_init_groups(config, levels),
-                     transplant=default_transplant(config, trained, levels))
+    config = replace(config, init_groups=default_init_groups(config, levels))
     if config.init_groups in CUT_INITS:
         check_flat(analysis.scope, config.init_groups, names)
         if data.probe is None:
