@@ -31,6 +31,7 @@ import torch
 
 from splitc.compile.dense_view import dense_split
 from splitc.compile.finetune import FinetuneConfig
+from splitc.compile.finetune_loop import finetune_sgd
 from splitc.compile.split_dir import load_split
 from splitc.core.files import SPLIT_WEIGHTS
 from splitc.data.batches import accuracy
@@ -79,8 +80,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     bundle = data_of(argparse.Namespace(model=loaded.meta["model"], data=args.data), args.seed)
     start = accuracy(module, bundle.val, CPU)
-    opt = torch.optim.SGD(module.parameters(), lr=FinetuneConfig.lr, momentum=FinetuneConfig.momentum,
-                          weight_decay=FinetuneConfig.weight_decay, nesterov=True)
+    opt = finetune_sgd([(list(module.parameters()), 1.0)], FinetuneConfig.lr)
 
     @torch.no_grad()
     def remask(*_):

@@ -66,6 +66,7 @@ from from_trained_table import ROWS, SOFT_KD, dump, fill_flops, markdown, report
 
 from splitc.compile.distill import DEFAULT_ALPHA, DEFAULT_T, distill_loss
 from splitc.compile.finetune import FinetuneConfig, finetune
+from splitc.compile.finetune_loop import finetune_sgd
 from splitc.compile.split_dir import load_split, read_meta
 from splitc.compile.split_run import run_split
 from splitc.core.files import ASSIGNMENT_JSON, FINETUNE_METRICS
@@ -243,8 +244,7 @@ def finetune_dense(model: torch.nn.Module, bundle, epochs: int, args: argparse.N
     from splitc.learn.plain import train_epochs
 
     steps = epochs * max(1, len(bundle.train) // args.batch_size)
-    opt = opt or torch.optim.SGD(model.parameters(), lr=args.finetune_lr, momentum=FinetuneConfig.momentum,
-                                 weight_decay=FinetuneConfig.weight_decay, nesterov=True)
+    opt = opt or finetune_sgd([(list(model.parameters()), 1.0)], args.finetune_lr)
 
     def distilled(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

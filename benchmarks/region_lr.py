@@ -34,14 +34,10 @@ LR = FinetuneConfig.lr
 
 
 def region_optimizer(named: list[tuple[str, torch.nn.Parameter]], in_region, mult: float, config=None):
-    """finetune's SGD with two groups: the region at ``mult`` x lr, the rest at 1x (``lr_mult``:
-    finetune's schedule scales each group from it)."""
+    """finetune's SGD with two groups: the rest at 1x, the region at ``mult`` x lr."""
     lr = config.lr if config is not None else LR
-    region = [p for n, p in named if in_region(n)]
-    rest = [p for n, p in named if not in_region(n)]
-    return torch.optim.SGD([{"params": rest, "lr": lr, "lr_mult": 1.0},
-                            {"params": region, "lr": lr * mult, "lr_mult": mult}], lr=lr,
-                           momentum=FinetuneConfig.momentum, weight_decay=FinetuneConfig.weight_decay, nesterov=True)
+    return loop.finetune_sgd([([p for n, p in named if not in_region(n)], 1.0),
+                              ([p for n, p in named if in_region(n)], mult)], lr)
 
 
 ONLY = {"all": lambda n: True, "conv": lambda n: "conv" in n or "downsample.0" in n,

@@ -188,9 +188,18 @@ def make_optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.opti
     params = dict(model.named_parameters())
     mult = 1.0 if config.branch_lr_mult is None else config.branch_lr_mult
     groups = lr_groups(list(params), branch_prefixes(model.plan), apart=mult != 1.0)
-    return torch.optim.SGD([{"params": [params[n] for n in names], "lr": config.lr * m, "lr_mult": m}
-                            for names, m in zip(groups, (1.0, mult))],
-                           lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+    return finetune_sgd([([params[n] for n in names], m) for names, m in zip(groups, (1.0, mult))], config.lr,
+                        config.momentum, config.weight_decay)
+
+
+def finetune_sgd(groups: list[tuple[list[torch.nn.Parameter], float]], lr: float,
+                 momentum: float = FinetuneConfig.momentum,
+                 weight_decay: float = FinetuneConfig.weight_decay) -> torch.optim.SGD:
+    """finetune's optimiser over ``(parameters, lr multiple)`` groups: Nesterov SGD, each group at
+    multiple x ``lr`` with ``lr_mult`` kept for the schedule. The benchmarks' baselines (a pruned
+    network, a dense view) train with this too, so they follow any change to finetune's."""
+    return torch.optim.SGD([{"params": params, "lr": lr * m, "lr_mult": m} for params, m in groups], lr=lr,
+                           momentum=momentum, weight_decay=weight_decay, nesterov=True)
 
 
 def restart(run: Run, writer: bool = True) -> dict[str, Any] | None:
